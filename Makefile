@@ -1,0 +1,41 @@
+# The two commands a newcomer needs (see README.md):
+#   make demo   install everything, then run the main job on its built-in default
+#   make test   install everything, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow lint install system-deps clean
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,eval]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# espeak-ng drives phonemizer and the demo's voices; flite/festival add more voices; sox is handy.
+system-deps:
+	@if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v flite >/dev/null 2>&1; then \
+		echo "installing system packages (espeak-ng, flite, festival, libsndfile)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			espeak-ng flite festival festvox-kallpc16k libsndfile1 >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(PY) -m tts_bpeft.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV)
