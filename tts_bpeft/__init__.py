@@ -1,1 +1,34 @@
+"""tts_bpeft: Bayesian parameter-efficient fine-tuning (LoRA + a Laplace prior from pre-training curvature).
+
+The core (this package's top level, `lora`, `curvature`, `prior`) knows nothing of any model family;
+`tts_bpeft.styletts2` and `tts_bpeft.text` integrate StyleTTS 2 and OPT on top of it.
+"""
+
 __version__ = "0.1.0"
+
+from .curvature import (  # noqa: E402
+    Categorical,
+    Curvature,
+    Gaussian,
+    Laplace,
+    Likelihood,
+    estimate_curvature,
+    layer_targets,
+)
+from .lora import (  # noqa: E402
+    LoraPlan,
+    LoraTarget,
+    add_lora,
+    load_adapter,
+    lora_targets,
+    merged_state_dict,
+    plan_lora,
+    save_adapter,
+)
+from .prior import LaplacePrior  # noqa: E402
+
+__all__ = [
+    "Categorical", "Curvature", "Gaussian", "Laplace", "LaplacePrior", "Likelihood", "LoraPlan", "LoraTarget",
+    "__version__", "add_lora", "estimate_curvature", "layer_targets", "load_adapter", "lora_targets",
+    "merged_state_dict", "plan_lora", "save_adapter",
+]

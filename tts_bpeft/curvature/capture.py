@@ -1,0 +1,181 @@
+"""Hooks that see every targeted layer call in the normal form and accumulate curvature statistics.
+
+For each call of a targeted layer a forward hook turns the layer input into ``a`` (B, P, in_flat) (see
+`tts_bpeft.layers`) and registers a hook on *that call's output tensor*, which later receives
+``dL/d output`` and turns it into ``g`` (B, P, out). Statistics are added only when the gradient arrives,
+pairing each gradient with the input of the same call. So a forward without a backward (a no-grad pass,
+the first pass of a checkpointed block, an evaluation pass) adds nothing, and a checkpointed block that
+is recomputed during backward is counted once. Hooks attach to the wrapped base layer, so they see the
+effective weight (weight norm and spectral norm included).
+
+Accumulated sums, with ``n`` a sample, ``p`` a position with a non-zero output gradient (padding that the
+loss masks out has exactly zero gradient and is not counted):
+
+- KFAC ``expand``: ``A_sum += sum_{n,p} a a^T``, ``tokens += #(n, p)``, ``G_sum += sum_{n,p} g g^T``;
+- KFAC ``reduce``: ``a_n = mean_p a``, ``g_n = sum_p g``; ``A_sum += sum_n a_n a_n^T``, ``tokens += #n``,
+  ``G_sum += sum_n g_n g_n^T`` (one reduced position per sample and layer call);
+- EWC: the per-sample gradient ``grad_n = sum_p g a^T`` (summed over all calls of the layer in one backward
+  pass) and ``diag_sum += sum_n grad_n ** 2`` once the backward pass is over.
+
+Sums are kept in float64; `tts_bpeft.curvature.estimate` turns them into means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..layers import conv1d_patches, conv_transpose1d_patches
+from ..lora.targets import LoraTarget
+from .lstm import unrolled_lstm
+
+
+@dataclass
+class LayerStatistics:
+    """Running sums for one weight matrix (out x in_flat)."""
+
+    kind: str
+    shape: tuple[int, int]
+    A_sum: Tensor | None = None
+    G_sum: Tensor | None = None
+    diag_sum: Tensor | None = None
+    tokens: int = 0
+    per_sample_grad: Tensor | None = field(default=None, repr=False)
+
+    def add(self, name: str, value: Tensor) -> None:
+        current = getattr(self, name)
+        value = value.detach().double()
+        setattr(self, name, value if current is None else current + value)
+
+
+class CurvatureCapture:
+    """Context manager: while active, every targeted layer call that is back-propagated adds statistics.
+
+    `targets` maps names to `LoraTarget`s (or plain-layer targets). `method` is ``"kfac"`` or ``"ewc"``,
+    `kfac_approx` ``"expand"`` or ``"reduce"``. Call `begin_backward(batch_size)` before each backward pass
+    and `end_backward()` after it.
+    """
+
+    def __init__(self, targets: dict[str, LoraTarget], method: str, kfac_approx: str = "expand") -> None:
+        if method not in ("kfac", "ewc"):
+            raise ValueError(f"method must be 'kfac' or 'ewc', got {method!r}")
+        if kfac_approx not in ("expand", "reduce"):
+            raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {kfac_approx!r}")
+        self.method, self.kfac_approx = method, kfac_approx
+        self.targets = targets
+        self.stats = {name: LayerStatistics(t.kind, tuple(t.weight().shape)) for name, t in targets.items()}
+        self._handles: list[RemovableHandle] = []
+        self._lstm_names: dict[nn.Module, dict[str, str]] = {}
+        self._own_forward: dict[nn.Module, object] = {}
+        self._batch_size: int | None = None
+
+    # -- attaching ---------------------------------------------------------------------------------
+    def __enter__(self) -> CurvatureCapture:
+        by_layer: dict[nn.Module, list[LoraTarget]] = {}
+        for target in self.targets.values():
+            by_layer.setdefault(target.base_layer, []).append(target)
+        for layer, targets in by_layer.items():
+            if targets[0].kind == "lstm":
+                self._lstm_names[layer] = {t.param: t.name for t in targets}
+                self._own_forward[layer] = layer.__dict__.get("forward")
+                layer.forward = self._lstm_forward(layer)
+            else:
+                self._handles.append(layer.register_forward_hook(self._hook_for(targets[0])))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for layer, own in self._own_forward.items():
+            if own is None:
+                del layer.forward  # the class's forward shows again
+            else:
+                layer.forward = own
+        self._own_forward.clear()
+        self._lstm_names.clear()
+
+    def _hook_for(self, target: LoraTarget):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            x = args[0]
+            if target.kind == "linear":
+                a = x.reshape(x.shape[0] if x.dim() > 1 else 1, -1, x.shape[-1])
+                self.record(target.name, a, output, lambda g, n=a.shape[0]: g.reshape(n, -1, g.shape[-1]))
+                return
+            batched = x.dim() == 3
+            x = x if batched else x.unsqueeze(0)
+            if target.kind == "conv1d":
+                a = conv1d_patches(module, x)
+            else:
+                a = conv_transpose1d_patches(module, x, output.shape[-1])
+            self.record(target.name, a, output,
+                        lambda g: (g if batched else g.unsqueeze(0)).transpose(1, 2))
+        return hook
+
+    def _lstm_forward(self, lstm: nn.LSTM):
+        names = self._lstm_names[lstm]
+
+        def forward(input, hx=None):
+            def record(param: str, a: Tensor, xi: Tensor) -> None:
+                if param in names:
+                    self.record(names[param], a, xi, lambda g: g)
+            return unrolled_lstm(lstm, input, hx, record)
+        return forward
+
+    # -- accumulating ------------------------------------------------------------------------------
+    def record(self, name: str, a: Tensor, output: Tensor, to_normal) -> None:
+        """Register the statistics of one layer call: `a` (B, P, in_flat) now, g when it arrives."""
+        if not (torch.is_grad_enabled() and output.requires_grad):
+            return
+        a = a.detach().float()
+        first = [True]  # the inputs are counted once per call, however many backward passes (MC draws)
+
+        def on_gradient(grad: Tensor) -> None:
+            self._accumulate(name, a, to_normal(grad.detach()).float(), first[0])
+            first[0] = False
+        output.register_hook(on_gradient)
+
+    def _check_samples(self, name: str, a: Tensor) -> None:
+        if self._batch_size is not None and a.shape[0] != self._batch_size:
+            raise ValueError(f"layer {name!r} saw a leading dimension of {a.shape[0]} but the batch has "
+                             f"{self._batch_size} samples; {self.method}"
+                             f"{'/' + self.kfac_approx if self.method == 'kfac' else ''} needs the sample index "
+                             "first in every targeted layer's input")
+
+    def _accumulate(self, name: str, a: Tensor, g: Tensor, first: bool) -> None:
+        stats = self.stats[name]
+        if self.method == "ewc":
+            self._check_samples(name, a)
+            grad = torch.einsum("bpo,bpi->boi", g, a)
+            stats.per_sample_grad = grad if stats.per_sample_grad is None else stats.per_sample_grad + grad
+            return
+        if self.kfac_approx == "expand":
+            if first:
+                active = a[(g != 0).any(-1)]
+                stats.add("A_sum", active.T @ active)
+                stats.tokens += active.shape[0]
+            flat = g.reshape(-1, g.shape[-1])
+            stats.add("G_sum", flat.T @ flat)
+            return
+        self._check_samples(name, a)
+        if first:
+            active = (g != 0).any(-1)
+            count = active.sum(1)
+            a_mean = (a * active[..., None]).sum(1)[count > 0] / count[count > 0, None]
+            stats.add("A_sum", a_mean.T @ a_mean)
+            stats.tokens += a_mean.shape[0]
+        g_sum = g.sum(1)
+        stats.add("G_sum", g_sum.T @ g_sum)
+
+    def begin_backward(self, batch_size: int) -> None:
+        self._batch_size = batch_size
+
+    def end_backward(self) -> None:
+        """Close one backward pass: square the per-sample gradients (EWC)."""
+        for stats in self.stats.values():
+            if stats.per_sample_grad is not None:
+                stats.add("diag_sum", (stats.per_sample_grad.double() ** 2).sum(0))
+                stats.per_sample_grad = None

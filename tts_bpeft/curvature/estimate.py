@@ -1,0 +1,189 @@
+"""`estimate_curvature`: KFAC or EWC curvature of a model's targeted weights, from per-sample losses."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from peft.tuners.lora import LoraLayer
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..lora.inject import plan_lora
+from ..lora.targets import LoraTarget, as_module, lora_targets, weight_entries
+from .capture import CurvatureCapture, LayerStatistics
+from .likelihoods import Likelihood
+from .storage import Curvature, LayerCurvature, fingerprint
+
+LossOutput = Tensor | Likelihood | Sequence[Likelihood]
+
+
+def layer_targets(model: nn.Module | Mapping[str, nn.Module], target_modules: str | Iterable[str],
+                  exclude: str | Iterable[str] | None = None) -> dict[str, LoraTarget]:
+    """Targets for plain (not LoRA-wrapped) layers chosen with `tts_bpeft.plan_lora`'s rule."""
+    root = as_module(model)
+    modules = dict(root.named_modules())
+    targets = {}
+    for name in plan_lora(root, target_modules, exclude=exclude).names:
+        for key, kind, param in weight_entries(name, modules[name]):
+            targets[key] = LoraTarget(key, modules[name], kind, param)
+    return targets
+
+
+def _resolve_targets(model, targets, adapter_name: str) -> dict[str, LoraTarget]:
+    if targets is None:
+        found = lora_targets(model, adapter_name)
+        if not found:
+            raise ValueError(f"the model has no LoRA adapter {adapter_name!r}; add one with add_lora or pass "
+                             "targets=<layer names or types>")
+        return found
+    if isinstance(targets, Mapping):
+        return dict(targets)
+    return layer_targets(model, targets)
+
+
+@contextlib.contextmanager
+def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: str) -> Iterator[list[Tensor]]:
+    """Adapters off, only the targeted base weights requiring grad, the chosen mode; all restored on exit.
+
+    Yields the parameters to differentiate (gradients reach the targeted layers' outputs through them)."""
+    modules = list(model.modules())
+    training = [m.training for m in modules]
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+    lora_layers = [m for m in modules if isinstance(m, LoraLayer)]
+    merged = [m for m in lora_layers if m.merged]
+    if merged:
+        raise ValueError(f"{len(merged)} LoRA layer(s) are merged; unmerge them before measuring curvature")
+    disabled = [m._disable_adapters for m in lora_layers]
+    try:
+        for m in lora_layers:
+            m._disable_adapters = True
+        for p, _ in requires_grad:
+            p.requires_grad_(False)
+        params = []
+        for base in {t.base_layer: None for t in targets.values()}:
+            for p in base.parameters(recurse=False):
+                p.requires_grad_(True)
+                params.append(p)
+        if mode in ("eval", "train"):
+            model.train(mode == "train")
+        elif mode != "keep":
+            raise ValueError(f"mode must be 'eval', 'train' or 'keep', got {mode!r}")
+        yield params
+    finally:
+        for m, flag in zip(modules, training):
+            m.training = flag
+        for p, flag in requires_grad:
+            p.requires_grad_(flag)
+        for m, flag in zip(lora_layers, disabled):
+            m._disable_adapters = flag
+
+
+def _per_sample(output: LossOutput) -> tuple[Tensor, list[Likelihood]]:
+    """(per-sample losses with the real targets (B,), likelihood terms or [])."""
+    if isinstance(output, Tensor):
+        return output, []
+    terms = [output] if isinstance(output, Likelihood) else list(output)
+    if not terms or not all(isinstance(t, Likelihood) for t in terms):
+        raise TypeError("loss_fn must return per-sample losses (B,) or Likelihood term(s)")
+    return sum(t.nll() for t in terms), terms
+
+
+def _all_reduce(stats: dict[str, LayerStatistics], samples: int, device: torch.device) -> int:
+    """Sum the statistics of all processes (each saw a disjoint shard); returns the total sample count."""
+    for layer in stats.values():
+        n_out, n_in = layer.shape
+        for name, shape in (("A_sum", (n_in, n_in)), ("G_sum", (n_out, n_out)), ("diag_sum", (n_out, n_in))):
+            value = getattr(layer, name)
+            value = torch.zeros(shape, dtype=torch.float64) if value is None else value
+            value = value.to(device)
+            dist.all_reduce(value)
+            setattr(layer, name, value.cpu())
+        count = torch.tensor([layer.tokens], dtype=torch.float64, device=device)
+        dist.all_reduce(count)
+        layer.tokens = int(count.item())
+    total = torch.tensor([samples], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def estimate_curvature(
+    model: nn.Module | Mapping[str, nn.Module],
+    batches: Iterable[Any],
+    loss_fn: Callable[[Any, Any], LossOutput],
+    method: str = "kfac",
+    fisher: str = "empirical",
+    kfac_approx: str = "expand",
+    targets: Mapping[str, LoraTarget] | str | Iterable[str] | None = None,
+    mc_samples: int = 1,
+    adapter_name: str = "default",
+    mode: str = "eval",
+    seed: int = 0,
+    description: str = "",
+    distributed: bool | None = None,
+    progress: bool = True,
+) -> Curvature:
+    """Estimate the Fisher of ``loss_fn``'s per-sample losses for the targeted weights (see `Curvature`).
+
+    `loss_fn(model, batch)` returns per-sample losses of shape (B,) (empirical Fisher only) or
+    `Likelihood` term(s) whose NLLs sum to the per-sample loss (empirical or ``fisher="mc"`` with
+    `mc_samples` target draws per sample). Samples in a batch must not interact (no train-mode BatchNorm):
+    then B=1 and B=8 over the same samples give the same estimate. `targets` defaults to the model's LoRA
+    targets (measured with the adapters disabled); names or layer types select plain layers instead.
+    `mode` puts the model in eval (default) or train mode, or keeps it. With `torch.distributed`
+    initialised, each process passes its own shard and all get the pooled estimate. The model is restored
+    exactly (hooks, modes, requires_grad, adapters) even when an exception is raised.
+    """
+    if fisher not in ("empirical", "mc"):
+        raise ValueError(f"fisher must be 'empirical' or 'mc', got {fisher!r}")
+    draws = mc_samples if fisher == "mc" else 1
+    if draws < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    root = as_module(model)
+    chosen = _resolve_targets(root, targets, adapter_name)
+    capture = CurvatureCapture(chosen, method, kfac_approx)
+    samples, generator = 0, None
+    total = len(batches) if hasattr(batches, "__len__") else None
+    with _measuring_state(root, chosen, mode) as params, capture:
+        for batch in tqdm(batches, total=total, desc=f"curvature ({method}, {fisher})", disable=not progress):
+            real, terms = _per_sample(loss_fn(model, batch))
+            if real.dim() != 1:
+                raise ValueError(f"loss_fn must return per-sample losses of shape (B,), got {tuple(real.shape)}")
+            if fisher == "mc" and not terms:
+                raise TypeError("fisher='mc' needs loss_fn to return Likelihood terms (Categorical, Gaussian, "
+                                "Laplace) so that targets can be sampled from the model")
+            if not real.requires_grad:
+                raise ValueError("the loss does not depend on any targeted layer (no gradient path)")
+            if generator is None and fisher == "mc":
+                generator = torch.Generator(device=real.device).manual_seed(seed)
+            for draw in range(draws):
+                loss = real if fisher == "empirical" else sum(t.sampled_nll(generator) for t in terms)
+                capture.begin_backward(real.shape[0])
+                torch.autograd.grad(loss.sum(), params, retain_graph=draw < draws - 1, allow_unused=True)
+                capture.end_backward()
+            samples += real.shape[0]
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        device = next(iter(params)).device if dist.get_backend() == "nccl" else torch.device("cpu")
+        samples = _all_reduce(capture.stats, samples, device)
+    return Curvature(method, fisher, kfac_approx if method == "kfac" else None,
+                     _finish(capture.stats, samples * draws, method), samples, draws, fingerprint(chosen),
+                     description)
+
+
+def _finish(stats: dict[str, LayerStatistics], draws_total: int, method: str) -> dict[str, LayerCurvature]:
+    """Sums -> means: A over tokens, G and diag over samples x draws (float32)."""
+    layers = {}
+    for name, s in stats.items():
+        if (method == "kfac" and (s.G_sum is None or s.tokens == 0)) or (method == "ewc" and s.diag_sum is None):
+            raise ValueError(f"layer {name!r} received no gradient: is it used by loss_fn's loss?")
+        if method == "kfac":
+            term = {"A": (s.A_sum / s.tokens).float(), "G": (s.G_sum / draws_total).float()}
+        else:
+            term = {"diag": (s.diag_sum / draws_total).float()}
+        layers[name] = LayerCurvature(s.kind, s.shape, [term], [s.tokens])
+    return layers

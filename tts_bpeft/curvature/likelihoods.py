@@ -1,0 +1,133 @@
+"""Likelihoods that give a loss its probabilistic meaning, so that a *true* Fisher can be sampled.
+
+A ``loss_fn`` given to `tts_bpeft.estimate_curvature` may return per-sample losses ``(B,)`` (then only the
+empirical Fisher is defined) or one or more `Likelihood` terms. Each term knows its negative
+log-likelihood per sample with the real targets (``nll``, the empirical Fisher) and with targets drawn
+from the model's own predictive distribution (``sampled_nll``, the Monte-Carlo Fisher):
+
+=============  ==========================================  ===========================================
+likelihood     per-element NLL (constants dropped)         sampled target
+=============  ==========================================  ===========================================
+`Categorical`  ``-log softmax(logits)[y]`` (cross-entropy)  ``y ~ Categorical(softmax(logits))``
+`Gaussian`     ``(y - mean)^2 / (2 sigma^2)`` (MSE)         ``y = mean + sigma * N(0, 1)``
+`Laplace`      ``|y - loc| / scale`` (L1)                   ``y = loc + Laplace(0, scale)``
+=============  ==========================================  ===========================================
+
+Per sample, elements are summed (``reduction="sum"``) or averaged over the sample's unmasked elements
+(``reduction="mean"``, what L1/MSE losses of TTS training do), then multiplied by ``weight``. ``mask``
+(broadcastable to the target, True = counted) removes padding. Sampled targets carry no gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _reduce(elementwise: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
+    """Per-sample sum or mean of an elementwise loss (B, ...) over its unmasked elements -> (B,)."""
+    if mask is not None:
+        mask = mask.expand_as(elementwise).to(elementwise.dtype)
+        elementwise = elementwise * mask
+    total = elementwise.reshape(elementwise.shape[0], -1).sum(1)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        count = (mask.reshape(mask.shape[0], -1).sum(1) if mask is not None
+                 else torch.full_like(total, elementwise[0].numel()))
+        return total / count.clamp_min(1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+class Likelihood:
+    """One likelihood term of a per-sample loss: ``nll()`` and ``sampled_nll()`` return shape (B,)."""
+
+    weight: float = 1.0
+
+    def nll(self) -> Tensor:
+        raise TypeError(f"{type(self).__name__} must define nll()")
+
+    def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
+        raise TypeError(f"{type(self).__name__} must define sampled_nll()")
+
+
+@dataclass
+class Categorical(Likelihood):
+    """Cross-entropy: ``logits`` (B, ..., C), ``target`` (B, ...) class ids; ``ignore_index`` is masked."""
+
+    logits: Tensor
+    target: Tensor
+    mask: Tensor | None = None
+    weight: float = 1.0
+    reduction: str = "sum"
+    ignore_index: int = -100
+
+    def _nll(self, target: Tensor, mask: Tensor | None) -> Tensor:
+        logp = F.log_softmax(self.logits.float(), dim=-1)
+        safe = target.clamp_min(0).unsqueeze(-1)
+        elementwise = -logp.gather(-1, safe).squeeze(-1)
+        return self.weight * _reduce(elementwise, mask, self.reduction)
+
+    def _mask(self) -> Tensor:
+        valid = self.target != self.ignore_index
+        return valid if self.mask is None else valid & self.mask.bool()
+
+    def nll(self) -> Tensor:
+        return self._nll(self.target, self._mask())
+
+    def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
+        probs = F.softmax(self.logits.detach().float(), dim=-1)
+        flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+        return self._nll(flat.reshape(self.target.shape), self._mask())
+
+
+@dataclass
+class Gaussian(Likelihood):
+    """Squared error as a Gaussian with fixed standard deviation ``sigma``: ``mean``/``target`` (B, ...)."""
+
+    mean: Tensor
+    target: Tensor
+    mask: Tensor | None = None
+    weight: float = 1.0
+    reduction: str = "sum"
+    sigma: float = 1.0
+
+    def _nll(self, target: Tensor) -> Tensor:
+        elementwise = (target - self.mean.float()) ** 2 / (2 * self.sigma**2)
+        return self.weight * _reduce(elementwise, self.mask, self.reduction)
+
+    def nll(self) -> Tensor:
+        return self._nll(self.target.float())
+
+    def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
+        mean = self.mean.detach().float()
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return self._nll(mean + self.sigma * noise)
+
+
+@dataclass
+class Laplace(Likelihood):
+    """Absolute error as a Laplace likelihood with fixed ``scale``: ``loc``/``target`` (B, ...)."""
+
+    loc: Tensor
+    target: Tensor
+    mask: Tensor | None = None
+    weight: float = 1.0
+    reduction: str = "sum"
+    scale: float = 1.0
+
+    def _nll(self, target: Tensor) -> Tensor:
+        elementwise = (target - self.loc.float()).abs() / self.scale
+        return self.weight * _reduce(elementwise, self.mask, self.reduction)
+
+    def nll(self) -> Tensor:
+        return self._nll(self.target.float())
+
+    def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
+        loc = self.loc.detach().float()
+        u = torch.rand(loc.shape, generator=generator, device=loc.device) - 0.5
+        noise = -self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF of Laplace(0, scale)
+        return self._nll(loc + noise)

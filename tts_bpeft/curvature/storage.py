@@ -1,0 +1,261 @@
+"""`Curvature`: an estimate of the pre-training Fisher per weight matrix, its file format and its checks.
+
+Scaling (what the numbers mean). With per-sample losses ``l_n`` (n = 1..N, one utterance or one text) the
+Fisher is ``F = 1/N sum_n E[grad l_n grad l_n^T]`` (empirical: real targets; mc: targets drawn from the
+model, averaged over the draws). Per layer, in the matrix view ``W (out, in_flat)`` of `tts_bpeft.layers`:
+
+- ``kfac``: ``F ~= A (x) G`` in torch's row-major vec (``vec(dW) = dW.flatten()``, block ``kron(G, A)``),
+  ``A = (sum a a^T) / tokens`` (in_flat x in_flat) and ``G = (sum g g^T) / N`` (out x out); see
+  `tts_bpeft.curvature.capture` for the sums of the ``expand`` and ``reduce`` variants. Then
+  ``vec(dW)^T F vec(dW) = tr(dW^T G dW A)``.
+- ``ewc``: ``diag`` (out x in_flat) = ``1/N sum_n grad_n ** 2`` with per-sample gradients ``grad_n``.
+
+A layer holds a list of *terms* (their sum is the curvature): one after estimation; `weighted_sum` of KFAC
+estimates keeps one Kronecker term per estimate, since a sum of Kronecker products is not one. A factor is
+stored dense (``"A"``, ``"G"``) or, after `compress`, as a truncated eigenbasis (``"A_vecs"`` (d, k),
+``"A_vals"`` (k,)).
+
+File: one safetensors file, tensors ``"<layer>::<term>::<key>"``, metadata ``"tts_bpeft"`` = JSON header
+(method, fisher, variant, sample and token counts, layer kinds and shapes, base-weight fingerprint, data
+description, package version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+
+from .. import __version__
+from ..io import save_safetensors
+from ..lora.targets import LoraTarget, lora_targets
+
+
+@dataclass
+class LayerCurvature:
+    """The curvature of one weight matrix: `kind`, matrix `shape` (out, in_flat), terms and their token counts."""
+
+    kind: str
+    shape: tuple[int, int]
+    terms: list[dict[str, Tensor]]
+    tokens: list[int] = field(default_factory=list)
+
+
+def fingerprint(targets: Mapping[str, LoraTarget]) -> str:
+    """sha256 of the target names and their effective base weights (float32 bytes), 16 hex digits."""
+    digest = hashlib.sha256()
+    for name in sorted(targets):
+        digest.update(name.encode())
+        digest.update(targets[name].weight().detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_factor(where: str, key: str, value: Tensor, size: int) -> None:
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{where}: factor {key} has NaN or Inf values")
+    if key in ("A", "G"):
+        if value.shape != (size, size):
+            raise ValueError(f"{where}: factor {key} has shape {tuple(value.shape)}, expected ({size}, {size})")
+        asym = (value - value.T).abs().max().item()
+        if asym > 1e-4 * max(value.abs().max().item(), 1e-30):
+            raise ValueError(f"{where}: factor {key} is not symmetric (max |M - M^T| = {asym:.3g})")
+
+
+@dataclass
+class Curvature:
+    """A curvature estimate (KFAC or EWC) for a set of named weight matrices; see the module docstring."""
+
+    method: str
+    fisher: str
+    kfac_approx: str | None
+    layers: dict[str, LayerCurvature]
+    samples: int
+    mc_samples: int = 1
+    fingerprint: str = ""
+    description: str = ""
+    version: str = __version__
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.layers)
+
+    def terms(self, name: str) -> list[dict[str, Tensor]]:
+        """All terms of a layer (their sum is its curvature)."""
+        return self.layers[name].terms
+
+    def factors(self, name: str) -> dict[str, Tensor]:
+        """The factors of a single-term layer: ``{"A", "G"}`` (kfac) or ``{"diag"}`` (ewc), in the matrix view."""
+        terms = self.terms(name)
+        if len(terms) != 1:
+            raise ValueError(f"layer {name!r} has {len(terms)} Kronecker terms; use terms(name)")
+        return terms[0]
+
+    # -- combining ---------------------------------------------------------------------------------
+    def _check_compatible(self, other: Curvature) -> None:
+        mine = (self.method, self.fisher, self.kfac_approx, {n: l.shape for n, l in self.layers.items()})
+        theirs = (other.method, other.fisher, other.kfac_approx, {n: l.shape for n, l in other.layers.items()})
+        if mine != theirs:
+            raise ValueError("cannot combine curvature estimates of different methods, variants or layers")
+        if self.fingerprint != other.fingerprint:
+            raise ValueError("cannot pool curvature estimates computed on different base weights "
+                             f"(fingerprints {self.fingerprint} and {other.fingerprint})")
+
+    def __add__(self, other: Curvature) -> Curvature:
+        """Pool two estimates over the union of their samples (as if estimated on all the data at once)."""
+        self._check_compatible(other)
+        n1, n2 = self.samples * self.mc_samples, other.samples * other.mc_samples
+        layers = {}
+        for name, mine in self.layers.items():
+            theirs = other.layers[name]
+            if len(mine.terms) != 1 or len(theirs.terms) != 1 or not ({"A", "diag"} & set(mine.terms[0])):
+                raise ValueError(f"layer {name!r}: only single-term, uncompressed estimates can be pooled")
+            t1, t2 = mine.tokens[0], theirs.tokens[0]
+            term = {}
+            for key, value in mine.terms[0].items():
+                w1, w2 = (t1, t2) if key == "A" else (n1, n2)
+                term[key] = (value * w1 + theirs.terms[0][key] * w2) / (w1 + w2)
+            layers[name] = replace(mine, terms=[term], tokens=[t1 + t2])
+        samples = self.samples + other.samples
+        return replace(self, layers=layers, samples=samples,
+                       mc_samples=(n1 + n2) // samples if (n1 + n2) % samples == 0 else self.mc_samples)
+
+    @staticmethod
+    def weighted_sum(estimates: Sequence[Curvature], weights: Sequence[float]) -> Curvature:
+        """``sum_i w_i F_i`` (e.g. the curvature of several earlier tasks). EWC diagonals add up; KFAC keeps
+        one Kronecker term per estimate (``w_i A_i (x) G_i`` stored as ``A_i``, ``w_i G_i``)."""
+        if len(estimates) != len(weights) or not estimates:
+            raise ValueError("weighted_sum needs as many weights as estimates, and at least one")
+        first = estimates[0]
+        for other in estimates[1:]:
+            if (other.method, set(other.layers)) != (first.method, set(first.layers)):
+                raise ValueError("weighted_sum needs estimates of one method over the same layers")
+        layers = {}
+        for name, layer in first.layers.items():
+            if first.method == "ewc":
+                diag = sum(w * e.factors(name)["diag"] for e, w in zip(estimates, weights))
+                layers[name] = replace(layer, terms=[{"diag": diag}], tokens=[sum(e.layers[name].tokens[0]
+                                                                                   for e in estimates)])
+                continue
+            terms, tokens = [], []
+            for e, w in zip(estimates, weights):
+                for term, count in zip(e.layers[name].terms, e.layers[name].tokens):
+                    terms.append({k: (w * v if k in ("G", "G_vals") else v) for k, v in term.items()})
+                    tokens.append(count)
+            layers[name] = replace(layer, terms=terms, tokens=tokens)
+        fingerprints = {e.fingerprint for e in estimates}
+        return replace(first, layers=layers, samples=sum(e.samples for e in estimates),
+                       fingerprint=first.fingerprint if len(fingerprints) == 1 else "",
+                       description=" + ".join(f"{w:g} x [{e.description}]" for e, w in zip(estimates, weights)))
+
+    def compress(self, rank: int) -> Curvature:
+        """Keep the top-`rank` eigenpairs of every KFAC factor (memory ``O(rank * d)`` instead of ``d^2``)."""
+        if self.method != "kfac":
+            raise ValueError("only KFAC factors can be compressed to an eigenbasis")
+        layers = {}
+        for name, layer in self.layers.items():
+            terms = []
+            for term in layer.terms:
+                new = {}
+                for key in ("A", "G"):
+                    if key not in term:
+                        new.update({k: v for k, v in term.items() if k.startswith(key + "_")})
+                        continue
+                    vals, vecs = torch.linalg.eigh(term[key].double())
+                    k = min(rank, vals.shape[0])
+                    new[key + "_vals"] = vals[-k:].float()
+                    new[key + "_vecs"] = vecs[:, -k:].float().contiguous()
+                terms.append(new)
+            layers[name] = replace(layer, terms=terms)
+        return replace(self, layers=layers)
+
+    # -- files -------------------------------------------------------------------------------------
+    def header(self) -> dict:
+        return {
+            "format": 1, "method": self.method, "fisher": self.fisher, "kfac_approx": self.kfac_approx,
+            "samples": self.samples, "mc_samples": self.mc_samples, "fingerprint": self.fingerprint,
+            "description": self.description, "version": self.version,
+            "layers": {n: {"kind": l.kind, "shape": list(l.shape), "tokens": l.tokens,
+                           "matrix_view": "W (out, in_flat), row-major vec; see tts_bpeft.layers"}
+                       for n, l in self.layers.items()},
+        }
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write one safetensors file atomically; `dtype` (e.g. torch.bfloat16) shrinks it."""
+        tensors = {f"{name}::{i}::{key}": (value.to(dtype) if dtype is not None else value)
+                   for name, layer in self.layers.items() for i, term in enumerate(layer.terms)
+                   for key, value in term.items()}
+        return save_safetensors(tensors, path, metadata={"tts_bpeft": json.dumps(self.header())})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module | Mapping[str, nn.Module] | None = None,
+             adapter_name: str = "default", allow_fingerprint_mismatch: bool = False) -> Curvature:
+        """Read a curvature file (as float32) and check every factor; with `model`, check it fits the model's
+        LoRA targets (names, shapes, base-weight fingerprint)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such curvature file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k).float() for k in f.keys()}
+        except Exception as error:  # safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+        if "tts_bpeft" not in meta:
+            raise ValueError(f"{path}: no tts_bpeft header; not a curvature file written by this package")
+        head = json.loads(meta["tts_bpeft"])
+        layers = {}
+        for name, info in head["layers"].items():
+            terms: list[dict[str, Tensor]] = [{} for _ in info["tokens"]]
+            layers[name] = LayerCurvature(info["kind"], tuple(info["shape"]), terms, list(info["tokens"]))
+        for key, value in tensors.items():
+            name, index, factor = key.split("::")
+            if name not in layers:
+                raise ValueError(f"{path}: tensor {key} belongs to no layer of the header")
+            layers[name].terms[int(index)][factor] = value
+        curvature = cls(head["method"], head["fisher"], head["kfac_approx"], layers, head["samples"],
+                        head["mc_samples"], head["fingerprint"], head["description"], head["version"])
+        curvature.check(str(path))
+        if model is not None:
+            curvature.validate(lora_targets(model, adapter_name), allow_fingerprint_mismatch, str(path))
+        return curvature
+
+    # -- checks ------------------------------------------------------------------------------------
+    def check(self, where: str = "curvature") -> None:
+        """Every factor finite, of the right shape, and symmetric (A, G)."""
+        for name, layer in self.layers.items():
+            n_out, n_in = layer.shape
+            for term in layer.terms:
+                for key, value in term.items():
+                    size = n_in if key.startswith("A") else n_out
+                    _check_factor(f"{where}, layer {name!r}", key, value, size)
+                    if key == "diag" and tuple(value.shape) != (n_out, n_in):
+                        raise ValueError(f"{where}, layer {name!r}: diag has shape {tuple(value.shape)}, "
+                                         f"expected {(n_out, n_in)}")
+
+    def validate(self, targets: Mapping[str, LoraTarget], allow_fingerprint_mismatch: bool = False,
+                 where: str = "curvature") -> None:
+        """The estimate covers exactly these targets, with their shapes, on the same base weights."""
+        missing = [n for n in targets if n not in self.layers]
+        extra = [n for n in self.layers if n not in targets]
+        if missing or extra:
+            raise ValueError(f"{where} does not match the model: layers without curvature {missing[:10]}, "
+                             f"curvature for layers the model does not adapt {extra[:10]}")
+        for name, target in targets.items():
+            shape = tuple(target.weight().shape)
+            if shape != self.layers[name].shape:
+                raise ValueError(f"{where}, layer {name!r}: curvature shape {self.layers[name].shape}, "
+                                 f"model weight {shape}")
+        if self.fingerprint and fingerprint(targets) != self.fingerprint:
+            message = (f"{where} was computed on other base weights (fingerprint {self.fingerprint}, "
+                       f"model {fingerprint(targets)})")
+            if not allow_fingerprint_mismatch:
+                raise ValueError(message + "; pass allow_fingerprint_mismatch=True to use it anyway")
+            warnings.warn(message, stacklevel=3)
