@@ -1,0 +1,305 @@
+"""Speaker similarity: cosine similarity between speaker embeddings of synthesized and real speech.
+
+Two embedding backends share one interface (`SpeakerEncoder`): resemblyzer's GE2E encoder (weights ship in
+the wheel; the offline default) and SpeechBrain's ECAPA-TDNN (`EncoderClassifier.from_hparams`, from a hub
+id or a local folder in the spkrec-ecapa-voxceleb layout). Results always name the backend and model.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tts_bpeft.eval.audio import load_mono
+from tts_bpeft.eval.embedding_cache import EmbeddingCache
+from tts_bpeft.eval.files import write_json
+
+AudioItem = str | Path | np.ndarray
+ECAPA_HUB_ID = "speechbrain/spkrec-ecapa-voxceleb"
+
+
+class SpeakerEncoder(ABC):
+    """Maps waveforms to speaker embeddings."""
+
+    name: str
+    sample_rate: int = 16000
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """Which weights: a hub id, a folder, or a wheel and its version."""
+
+    @property
+    def cache_tag(self) -> str:
+        """Identifies the backend and weights in embedding-cache keys."""
+        return f"{self.name}:{self.model_id}"
+
+    def describe(self) -> dict[str, str]:
+        """``{"backend": ..., "model": ...}``, stored with every result."""
+        return {"backend": self.name, "model": self.model_id}
+
+    @abstractmethod
+    def embed_waveforms(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed N mono float32 waveforms at ``sample_rate`` Hz; returns (N, D) float32."""
+
+
+class ResemblyzerEncoder(SpeakerEncoder):
+    """resemblyzer's GE2E speaker encoder (256-d, 16 kHz); its weights are inside the wheel.
+
+    Each waveform is volume-normalised and has long silences removed (resemblyzer's own preprocessing),
+    then embedded as the normalised mean of its partial-utterance embeddings.
+    """
+
+    name = "resemblyzer"
+
+    def __init__(self, device: str = "cpu") -> None:
+        from resemblyzer import VoiceEncoder
+
+        self._encoder = VoiceEncoder(device, verbose=False)
+
+    @property
+    def model_id(self) -> str:
+        return f"resemblyzer-{version('resemblyzer')}/pretrained.pt (GE2E)"
+
+    def embed_waveforms(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        from resemblyzer import preprocess_wav
+
+        out = []
+        for i, wav in enumerate(wavs):
+            wav = np.asarray(wav, dtype=np.float32)
+            speech = preprocess_wav(wav) if np.any(wav) else wav[:0]
+            if speech.size == 0:
+                raise ValueError(f"waveform {i} holds no speech after silence removal")
+            out.append(self._encoder.embed_utterance(speech))
+        return np.stack(out).astype(np.float32)
+
+
+class EcapaEncoder(SpeakerEncoder):
+    """SpeechBrain ECAPA-TDNN speaker encoder (192-d for the official model, 16 kHz).
+
+    ``source`` is a hub id (default ``speechbrain/spkrec-ecapa-voxceleb``) or a local folder holding
+    ``hyperparams.yaml`` and the checkpoints it names. A local folder is loaded fully offline: when its
+    hyperparams declare ``pretrained_path`` (the official file points it at the hub), it is overridden
+    with the folder.
+    """
+
+    name = "speechbrain-ecapa"
+
+    def __init__(
+        self,
+        source: str | Path = ECAPA_HUB_ID,
+        savedir: str | Path | None = None,
+        device: str = "cpu",
+        allow_network: bool = True,
+    ) -> None:
+        self.source = source
+        self.local_dir = _local_model_dir(source)
+        self.classifier = _load_speechbrain_classifier(source, self.local_dir, savedir, device, allow_network)
+        self.sample_rate = int(getattr(self.classifier.audio_normalizer, "sample_rate", 16000))
+        self.device = device
+
+    @property
+    def model_id(self) -> str:
+        return str(self.local_dir) if self.local_dir is not None else str(self.source)
+
+    @property
+    def cache_tag(self) -> str:
+        if self.local_dir is None:
+            return super().cache_tag
+        ckpt = (self.local_dir / "embedding_model.ckpt").stat()
+        return f"{super().cache_tag}:{ckpt.st_mtime_ns}:{ckpt.st_size}"
+
+    def embed_waveforms(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        # One waveform per forward pass: zero-padding a batch changes ECAPA embeddings (the filterbank and
+        # the convolutions see the padding), so a file's embedding would depend on its batchmates.
+        out = []
+        with torch.inference_mode():
+            for wav in wavs:
+                signal = torch.as_tensor(np.asarray(wav, dtype=np.float32))[None]
+                out.append(self.classifier.encode_batch(signal).reshape(-1).cpu().numpy())
+        return np.stack(out).astype(np.float32)
+
+
+def _local_model_dir(source: str | Path) -> Path | None:
+    """The folder ``source`` names, or None for a hub id; a path-like source that is missing raises."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    text = str(source)
+    looks_like_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None
+    if isinstance(source, Path) or not looks_like_hub_id or path.exists():
+        raise FileNotFoundError(f"SpeechBrain model folder not found: {source}")
+    return None
+
+
+def _load_speechbrain_classifier(
+    source: str | Path, local_dir: Path | None, savedir: str | Path | None, device: str, allow_network: bool
+) -> Any:
+    from speechbrain.inference.speaker import EncoderClassifier
+    from speechbrain.utils.fetching import FetchConfig
+
+    run_opts = {"device": device}
+    if local_dir is not None:
+        hparams_file = local_dir / "hyperparams.yaml"
+        if not hparams_file.is_file():
+            raise FileNotFoundError(f"no hyperparams.yaml in SpeechBrain model folder {local_dir}")
+        text = hparams_file.read_text(encoding="utf-8")
+        declares_path = re.search(r"(?m)^pretrained_path\s*:", text) is not None
+        overrides = {"pretrained_path": str(local_dir)} if declares_path else {}
+        return EncoderClassifier.from_hparams(
+            source=str(local_dir),
+            savedir=str(savedir) if savedir is not None else None,
+            overrides=overrides,
+            run_opts=run_opts,
+            fetch_config=FetchConfig(allow_network=False),
+        )
+    try:
+        return EncoderClassifier.from_hparams(
+            source=str(source),
+            savedir=str(savedir) if savedir is not None else None,
+            run_opts=run_opts,
+            fetch_config=FetchConfig(allow_network=allow_network),
+        )
+    except (OSError, ValueError) as err:
+        raise RuntimeError(
+            f"could not load SpeechBrain model '{source}' from the Hugging Face Hub or its local cache "
+            f"({type(err).__name__}: {err}). Without network, download the model folder elsewhere "
+            "(hyperparams.yaml, embedding_model.ckpt, ...) and pass its path as the source, "
+            "or use the offline 'resemblyzer' backend."
+        ) from err
+
+
+def load_speaker_encoder(
+    backend: str = "resemblyzer", source: str | Path | None = None, **kwargs: Any
+) -> SpeakerEncoder:
+    """Build a speaker encoder by name: ``"resemblyzer"`` or ``"ecapa"`` (``source``: hub id or folder)."""
+    if backend == "resemblyzer":
+        if source is not None:
+            raise ValueError("the resemblyzer backend uses the weights in its wheel; source must be None")
+        return ResemblyzerEncoder(**kwargs)
+    if backend == "ecapa":
+        return EcapaEncoder(source if source is not None else ECAPA_HUB_ID, **kwargs)
+    raise ValueError(f"unknown speaker-encoder backend {backend!r}; choose 'resemblyzer' or 'ecapa'")
+
+
+def embed_audio(
+    encoder: SpeakerEncoder,
+    items: Sequence[AudioItem],
+    cache_dir: str | Path | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> np.ndarray:
+    """Speaker embeddings (N, D) float32 of audio files or waveforms (arrays at ``encoder.sample_rate``).
+
+    A path listed several times is embedded once. With ``cache_dir``, file embeddings are read from and
+    written to an `EmbeddingCache` keyed by path, mtime, size and ``encoder.cache_tag``. ``batch_size``
+    files go to ``encoder.embed_waveforms`` per call (one progress-bar step).
+    """
+    cache = EmbeddingCache(cache_dir, encoder.cache_tag) if cache_dir is not None else None
+    keys: list[Path | int] = []  # unique items: a resolved file path, or the index of an array
+    position: dict[Path | int, int] = {}
+    slots = []
+    for i, item in enumerate(items):
+        key = i if isinstance(item, np.ndarray) else Path(item).resolve()
+        if key not in position:
+            position[key] = len(keys)
+            keys.append(key)
+        slots.append(position[key])
+    embs: list[np.ndarray | None] = [
+        cache.get(key) if cache is not None and isinstance(key, Path) else None for key in keys
+    ]
+    pending = [u for u, emb in enumerate(embs) if emb is None]
+    batches = range(0, len(pending), batch_size)
+    for start in tqdm(batches, desc=f"embedding ({encoder.name})", unit="batch", disable=not progress):
+        chunk = pending[start : start + batch_size]
+        wavs = [_waveform(items, keys[u], encoder.sample_rate) for u in chunk]
+        try:
+            batch_embs = encoder.embed_waveforms(wavs)
+        except ValueError as err:
+            names = ", ".join(f"array {keys[u]}" if isinstance(keys[u], int) else str(keys[u]) for u in chunk)
+            raise ValueError(f"speaker embedding failed for a batch of [{names}]: {err}") from err
+        for u, emb in zip(chunk, batch_embs, strict=True):
+            embs[u] = emb
+            if cache is not None and isinstance(keys[u], Path):
+                cache.put(keys[u], emb)
+    return np.stack([embs[s] for s in slots]).astype(np.float32)
+
+
+def _waveform(items: Sequence[AudioItem], key: Path | int, sample_rate: int) -> np.ndarray:
+    return np.asarray(items[key], dtype=np.float32) if isinstance(key, int) else load_mono(key, sample_rate)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of (N, D) and (N, D) (or broadcastable) arrays; returns (N,)."""
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return np.sum(a * b, axis=-1)
+
+
+@dataclass
+class SimilarityResult:
+    """Speaker similarity of synthesized speech to real references.
+
+    ``utterances``: one dict per synthesized file (speaker, synth, refs, similarity); ``per_speaker``: mean
+    similarity of each speaker's utterances; ``mean``: mean of the per-speaker means; ``encoder``: backend.
+    Similarities are cosines in [-1, 1].
+    """
+
+    encoder: dict[str, str]
+    utterances: list[dict[str, Any]]
+    per_speaker: dict[str, float]
+    mean: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON, atomically."""
+        return write_json(path, self.to_dict())
+
+
+def speaker_similarity(
+    synth: Sequence[str | Path],
+    refs: Sequence[str | Path | Sequence[str | Path]],
+    speakers: Sequence[str],
+    encoder: SpeakerEncoder,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> SimilarityResult:
+    """Cosine similarity of each synthesized file to real reference speech of the same speaker.
+
+    ``synth[i]`` is scored against ``refs[i]``: one file, or several files of ``speakers[i]`` (then the
+    mean cosine over them). Each reference file is embedded once, and not at all when cached.
+    """
+    if not len(synth) == len(refs) == len(speakers):
+        sizes = f"{len(synth)}, {len(refs)}, {len(speakers)}"
+        raise ValueError(f"synth, refs and speakers differ in length: {sizes}")
+    ref_lists = [[r] if isinstance(r, str | Path) else list(r) for r in refs]
+    for path, group in zip(synth, ref_lists, strict=True):
+        if not group:
+            raise ValueError(f"no reference files for {path}")
+    flat_refs = [r for group in ref_lists for r in group]
+    embs = embed_audio(encoder, [*synth, *flat_refs], cache_dir, batch_size, progress)
+    synth_embs, ref_embs = embs[: len(synth)], embs[len(synth) :]
+    utterances = []
+    start = 0
+    for path, group, speaker, s_emb in zip(synth, ref_lists, speakers, synth_embs, strict=True):
+        sims = cosine_similarity(s_emb[None], ref_embs[start : start + len(group)])
+        start += len(group)
+        utt = {"speaker": speaker, "synth": str(path), "refs": [str(r) for r in group]}
+        utterances.append({**utt, "similarity": float(sims.mean())})
+    per_speaker: dict[str, list[float]] = {}
+    for utt in utterances:
+        per_speaker.setdefault(utt["speaker"], []).append(utt["similarity"])
+    means = {spk: float(np.mean(v)) for spk, v in per_speaker.items()}
+    return SimilarityResult(encoder.describe(), utterances, means, float(np.mean(list(means.values()))))
