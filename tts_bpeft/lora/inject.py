@@ -7,7 +7,8 @@ Selection rule (`plan_lora`):
 - a name pattern matches a module path exactly, as a dotted suffix (peft's rule: ``"q_proj"`` matches
   ``"...attn.q_proj"``) or as a full regular expression (``r"decoder\\..*"``);
 - selected = layers of those types (all supported types if none is named) whose path matches a pattern
-  (any path if no pattern is given), minus those matching an ``exclude`` pattern;
+  (any path if no pattern is given), minus those matching an ``exclude`` pattern or lying inside a module
+  that matches one (``exclude="mpd"`` leaves the whole ``mpd`` sub-model alone);
 - a layer named exactly (or by suffix) that cannot be adapted is an error; one reached only through a type
   or a regular expression (e.g. a grouped convolution) is skipped and listed in the plan.
 """
@@ -86,6 +87,13 @@ def _matches(pattern: str, name: str, *, exact_only: bool = False) -> bool:
     return not exact_only and re.fullmatch(pattern, name) is not None
 
 
+def _excluded(name: str, excludes: list[str]) -> bool:
+    """Whether `name` or one of the modules containing it matches an exclude pattern."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(_matches(e, prefix) for e in excludes for prefix in prefixes)
+
+
 def _pattern_value(name: str, patterns: Mapping[str, float] | None, default: float) -> float:
     """The value of the first pattern that matches `name` (per-layer r or alpha), else `default`."""
     return next((v for p, v in (patterns or {}).items() if _matches(p, name)), default)
@@ -106,9 +114,12 @@ def plan_lora(model: nn.Module | Mapping[str, nn.Module], target_modules: str | 
         raise ValueError(f"target pattern(s) {unmatched} match no module; module names look like: {examples}, ...")
     plan = LoraPlan()
     refused = []
+    lora_paths = [n for n, m in modules if isinstance(m, LoraLayer)]
     for name, module in modules:
-        if isinstance(module, LoraLayer) or any(_matches(e, name) for e in excludes):
-            continue
+        if any(name.startswith(p + ".") for p in lora_paths) or _excluded(name, excludes):
+            continue  # the insides of a LoRA layer (base_layer, lora_A, ...) are never targets themselves
+        if isinstance(module, LoraLayer):  # already adapted: plan a further adapter on its base layer
+            module = module.get_base_layer()
         named_exactly = any(_matches(p, name, exact_only=True) for p in patterns)
         by_pattern = not patterns or named_exactly or any(_matches(p, name) for p in patterns)
         family = isinstance(module, tuple(LAYER_TYPES.values()))

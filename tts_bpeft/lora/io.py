@@ -20,6 +20,8 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ..io import save_json, save_safetensors
 from .inject import add_lora
@@ -78,9 +80,10 @@ def load_adapter(model: nn.Module | MutableMapping[str, nn.Module], directory: s
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name}: missing; not an adapter folder")
     config = json.loads((directory / CONFIG_NAME).read_text())
-    exact = {re.escape(n): v for n, v in (config.get("rank_pattern") or {}).items()}
-    exact_alpha = {re.escape(n): v for n, v in (config.get("alpha_pattern") or {}).items()}
-    model = add_lora(model, [re.escape(n) for n in config["target_modules"]], r=config["r"],
+    # anchored: a bare escaped path would also match as a dotted suffix ("proj" would pick "sub.proj" too)
+    exact = {f"^{re.escape(n)}$": v for n, v in (config.get("rank_pattern") or {}).items()}
+    exact_alpha = {f"^{re.escape(n)}$": v for n, v in (config.get("alpha_pattern") or {}).items()}
+    model = add_lora(model, [f"^{re.escape(n)}$" for n in config["target_modules"]], r=config["r"],
                      alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0),
                      adapter_name=adapter_name, rank_pattern=exact, alpha_pattern=exact_alpha,
                      use_rslora=config.get("use_rslora", False))
@@ -103,6 +106,19 @@ def load_adapter(model: nn.Module | MutableMapping[str, nn.Module], directory: s
     return model
 
 
+def _deepcopy(root: nn.Module) -> nn.Module:
+    """copy.deepcopy that also copies layers with old-style weight/spectral norm: their ``weight`` attribute is
+    a non-leaf tensor (computed by the pre-hook) that deepcopy refuses; the copy gets it detached."""
+    memo = {}
+    for module in root.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, (WeightNorm, SpectralNorm)):
+                weight = getattr(module, hook.name, None)
+                if isinstance(weight, Tensor) and not weight.is_leaf:
+                    memo[id(weight)] = weight.detach().clone()
+    return copy.deepcopy(root, memo)
+
+
 def merged_state_dict(model: nn.Module | Mapping[str, nn.Module], adapter_name: str | None = None
                       ) -> dict[str, Tensor]:
     """The plain state dict of the model with its adapters merged (keys as before LoRA was added).
@@ -110,7 +126,7 @@ def merged_state_dict(model: nn.Module | Mapping[str, nn.Module], adapter_name: 
     Works on a deep copy, so the model itself is left untouched. Weight-normed layers keep their
     ``weight_g``/``weight_v`` keys, with values that give exactly ``W + dW``.
     """
-    root = copy.deepcopy(as_module(model))
+    root = _deepcopy(as_module(model))
     for module in root.modules():
         if isinstance(module, LoraLayer):
             module.merge(adapter_names=[adapter_name] if adapter_name else None)
