@@ -111,10 +111,11 @@ class LaplacePrior:
     def layer_penalties(self, model: nn.Module | Mapping[str, nn.Module]) -> dict[str, Tensor]:
         """q_l(dW_l) of every adapted weight matrix (without lam), float32 scalars."""
         out = {}
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):
-            for name, target in self._targets_of(model).items():
-                B, A, scale = target.factors()
+        for name, target in self._targets_of(model).items():
+            B, A, scale = target.factors()
+            # autocast is switched off for the device the factors live on (a CPU model on a CUDA machine
+            # runs under CPU autocast, which disabling "cuda" autocast would leave on)
+            with torch.autocast(device_type=B.device.type, enabled=False):
                 B, A = B.float(), A.float()
                 if self.method == "l2sp":
                     q = l2_quadratic(B, A, scale)

@@ -16,7 +16,7 @@ from ..lora.inject import plan_lora
 from ..lora.targets import LoraTarget, as_module, lora_targets, weight_entries
 from .capture import CurvatureCapture, LayerStatistics
 from .likelihoods import Likelihood
-from .storage import Curvature, LayerCurvature, fingerprint
+from .storage import Curvature, LayerCurvature, fingerprint, layer_fingerprint
 
 LossOutput = Tensor | Likelihood | Sequence[Likelihood]
 
@@ -45,6 +45,14 @@ def _resolve_targets(model, targets, adapter_name: str) -> dict[str, LoraTarget]
     return layer_targets(model, targets)
 
 
+def _gradient_carriers(layer: nn.Module) -> list[Tensor]:
+    """The parameters that make a layer's outputs require grad: its biases when it has them (their
+    gradients are cheap sums), else all its own parameters (then the weight gradient is computed too)."""
+    own = dict(layer.named_parameters(recurse=False))
+    biases = [p for name, p in own.items() if name.startswith("bias")]
+    return biases or list(own.values())
+
+
 @contextlib.contextmanager
 def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: str) -> Iterator[list[Tensor]]:
     """Adapters off, only the targeted base weights requiring grad, the chosen mode; all restored on exit.
@@ -58,6 +66,7 @@ def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: 
     if merged:
         raise ValueError(f"{len(merged)} LoRA layer(s) are merged; unmerge them before measuring curvature")
     disabled = [m._disable_adapters for m in lora_layers]
+    grads: list[tuple[Tensor, Tensor | None]] = []
     try:
         for m in lora_layers:
             m._disable_adapters = True
@@ -65,7 +74,9 @@ def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: 
             p.requires_grad_(False)
         params = []
         for base in {t.base_layer: None for t in targets.values()}:
-            for p in base.parameters(recurse=False):
+            for p in _gradient_carriers(base):
+                grads.append((p, p.grad))
+                p.grad = None
                 p.requires_grad_(True)
                 params.append(p)
         if mode in ("eval", "train"):
@@ -80,6 +91,8 @@ def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: 
             p.requires_grad_(flag)
         for m, flag in zip(lora_layers, disabled):
             m._disable_adapters = flag
+        for p, grad in grads:
+            p.grad = grad
 
 
 def _per_sample(output: LossOutput) -> tuple[Tensor, list[Likelihood]]:
@@ -135,7 +148,9 @@ def estimate_curvature(
     targets (measured with the adapters disabled); names or layer types select plain layers instead.
     `mode` puts the model in eval (default) or train mode, or keeps it. With `torch.distributed`
     initialised, each process passes its own shard and all get the pooled estimate. The model is restored
-    exactly (hooks, modes, requires_grad, adapters) even when an exception is raised.
+    exactly (hooks, modes, requires_grad, adapters, the targeted weights' ``.grad``) even when an exception
+    is raised. Each pass is back-propagated with ``backward()`` (reentrant checkpointing needs it), so leaf
+    tensors of the batch that require grad receive ``.grad``.
     """
     if fisher not in ("empirical", "mc"):
         raise ValueError(f"fisher must be 'empirical' or 'mc', got {fisher!r}")
@@ -162,7 +177,12 @@ def estimate_curvature(
             for draw in range(draws):
                 loss = real if fisher == "empirical" else sum(t.sampled_nll(generator) for t in terms)
                 capture.begin_backward(real.shape[0])
-                torch.autograd.grad(loss.sum(), params, retain_graph=draw < draws - 1, allow_unused=True)
+                # backward() rather than autograd.grad(loss, params): the engine then runs every node, so a
+                # reentrant torch.utils.checkpoint block (whose node has no params among its inputs) is
+                # recomputed and its layers are seen. The params' .grad are discarded and restored on exit.
+                torch.autograd.backward(loss.sum(), retain_graph=draw < draws - 1)
+                for p in params:
+                    p.grad = None
                 capture.end_backward()
             samples += real.shape[0]
     if distributed is None:
@@ -171,11 +191,12 @@ def estimate_curvature(
         device = next(iter(params)).device if dist.get_backend() == "nccl" else torch.device("cpu")
         samples = _all_reduce(capture.stats, samples, device)
     return Curvature(method, fisher, kfac_approx if method == "kfac" else None,
-                     _finish(capture.stats, samples * draws, method), samples, draws, fingerprint(chosen),
+                     _finish(capture.stats, samples * draws, method, chosen), samples, draws, fingerprint(chosen),
                      description)
 
 
-def _finish(stats: dict[str, LayerStatistics], draws_total: int, method: str) -> dict[str, LayerCurvature]:
+def _finish(stats: dict[str, LayerStatistics], draws_total: int, method: str,
+            targets: Mapping[str, LoraTarget]) -> dict[str, LayerCurvature]:
     """Sums -> means: A over tokens, G and diag over samples x draws (float32)."""
     layers = {}
     for name, s in stats.items():
@@ -185,5 +206,5 @@ def _finish(stats: dict[str, LayerStatistics], draws_total: int, method: str) ->
             term = {"A": (s.A_sum / s.tokens).float(), "G": (s.G_sum / draws_total).float()}
         else:
             term = {"diag": (s.diag_sum / draws_total).float()}
-        layers[name] = LayerCurvature(s.kind, s.shape, [term], [s.tokens])
+        layers[name] = LayerCurvature(s.kind, s.shape, [term], [s.tokens], layer_fingerprint(targets[name]))
     return layers

@@ -47,6 +47,7 @@ class LayerCurvature:
     shape: tuple[int, int]
     terms: list[dict[str, Tensor]]
     tokens: list[int] = field(default_factory=list)
+    fingerprint: str = ""  # of this layer's base weight (`layer_fingerprint`), to name changed layers
 
 
 def fingerprint(targets: Mapping[str, LoraTarget]) -> str:
@@ -56,6 +57,12 @@ def fingerprint(targets: Mapping[str, LoraTarget]) -> str:
         digest.update(name.encode())
         digest.update(targets[name].weight().detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def layer_fingerprint(target: LoraTarget) -> str:
+    """sha256 of one target's effective base weight (float32 bytes), 16 hex digits."""
+    weight = target.weight().detach().float().cpu().contiguous().numpy().tobytes()
+    return hashlib.sha256(weight).hexdigest()[:16]
 
 
 def _check_factor(where: str, key: str, value: Tensor, size: int) -> None:
@@ -182,7 +189,7 @@ class Curvature:
             "format": 1, "method": self.method, "fisher": self.fisher, "kfac_approx": self.kfac_approx,
             "samples": self.samples, "mc_samples": self.mc_samples, "fingerprint": self.fingerprint,
             "description": self.description, "version": self.version,
-            "layers": {n: {"kind": l.kind, "shape": list(l.shape), "tokens": l.tokens,
+            "layers": {n: {"kind": l.kind, "shape": list(l.shape), "tokens": l.tokens, "fingerprint": l.fingerprint,
                            "matrix_view": "W (out, in_flat), row-major vec; see tts_bpeft.layers"}
                        for n, l in self.layers.items()},
         }
@@ -214,7 +221,8 @@ class Curvature:
         layers = {}
         for name, info in head["layers"].items():
             terms: list[dict[str, Tensor]] = [{} for _ in info["tokens"]]
-            layers[name] = LayerCurvature(info["kind"], tuple(info["shape"]), terms, list(info["tokens"]))
+            layers[name] = LayerCurvature(info["kind"], tuple(info["shape"]), terms, list(info["tokens"]),
+                                          info.get("fingerprint", ""))
         for key, value in tensors.items():
             name, index, factor = key.split("::")
             if name not in layers:
@@ -254,8 +262,10 @@ class Curvature:
                 raise ValueError(f"{where}, layer {name!r}: curvature shape {self.layers[name].shape}, "
                                  f"model weight {shape}")
         if self.fingerprint and fingerprint(targets) != self.fingerprint:
+            changed = [n for n, layer in self.layers.items()
+                       if layer.fingerprint and layer.fingerprint != layer_fingerprint(targets[n])]
             message = (f"{where} was computed on other base weights (fingerprint {self.fingerprint}, "
-                       f"model {fingerprint(targets)})")
+                       f"model {fingerprint(targets)}; layers whose weights differ: {changed[:10] or 'unknown'})")
             if not allow_fingerprint_mismatch:
                 raise ValueError(message + "; pass allow_fingerprint_mismatch=True to use it anyway")
             warnings.warn(message, stacklevel=3)

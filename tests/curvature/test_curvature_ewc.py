@@ -1,0 +1,124 @@
+"""EWC diagonal = mean over samples of squared per-sample gradients, the latter from torch.func
+(vmap(grad(...))) on functional versions of the layers, w.r.t. the *effective* weight."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.utils import weight_norm
+
+from tts_bpeft import estimate_curvature
+
+
+class Holder(nn.Module):
+    def __init__(self, **layers: nn.Module) -> None:
+        super().__init__()
+        for k, v in layers.items():
+            self.add_module(k, v)
+
+
+def per_sample_diag(loss_one, W, *data):
+    """mean_n (d l_n / dW)^2 with l_n = loss_one(W, *data_n) for one sample (leading dim 1 re-added)."""
+    def single(W, *d):
+        return loss_one(W, *(t.unsqueeze(0) for t in d))
+    grads = vmap(grad(single), in_dims=(None,) + (0,) * len(data))(W, *data)
+    return (grads.double() ** 2).mean(0), grads
+
+
+def assert_close(a, b):
+    torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-8)
+
+
+def test_ewc_linear_on_sequences():
+    torch.manual_seed(0)
+    lin, head = nn.Linear(4, 5), torch.randn(5, 3)
+    model = Holder(lin=lin)
+    x, y = torch.randn(6, 7, 4), torch.randn(6, 7, 3)
+
+    def loss_fn(m, batch):
+        return ((torch.tanh(m.lin(batch[0])) @ head - batch[1]) ** 2).sum((1, 2))
+
+    ours = estimate_curvature(model, [(x[:4], y[:4]), (x[4:], y[4:])], loss_fn, method="ewc", targets=["lin"],
+                              progress=False)
+
+    def loss_one(W, x, y):
+        return ((torch.tanh(F.linear(x, W, lin.bias)) @ head - y) ** 2).sum()
+
+    diag, grads = per_sample_diag(loss_one, lin.weight.detach(), x, y)
+    assert_close(ours.factors("lin")["diag"], diag)
+    # the squared *mini-batch* gradient is a different (smaller) quantity: the test can tell them apart
+    batch_sq = (grads.mean(0).double() ** 2)
+    assert (diag - batch_sq).abs().max() > 1e-2
+
+
+def test_ewc_conv1d_weight_normed_dilated_strided():
+    torch.manual_seed(0)
+    conv = weight_norm(nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2))
+    with torch.no_grad():
+        conv.weight_g.mul_(0.6)
+    model = Holder(conv=conv)
+    x = torch.randn(5, 3, 10)
+    y = torch.randn(5, 4, conv(x).shape[-1])
+
+    def loss_fn(m, batch):
+        return ((torch.tanh(m.conv(batch[0])) - batch[1]) ** 2).sum((1, 2))
+
+    ours = estimate_curvature(model, [(x, y)], loss_fn, method="ewc", targets=["conv"], progress=False)
+    W = (conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(1, 2), keepdim=True)).detach()
+
+    def loss_one(W, x, y):
+        out = F.conv1d(x, W, conv.bias, stride=2, padding=2, dilation=2)
+        return ((torch.tanh(out) - y) ** 2).sum()
+
+    diag, _ = per_sample_diag(loss_one, W, x, y)
+    assert_close(ours.factors("conv")["diag"], diag.reshape(4, -1))  # (out, in*k), index i*k + j
+
+
+def test_ewc_conv_transpose1d():
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose1d(3, 4, 3, stride=2, padding=1, output_padding=1, dilation=1)
+    model = Holder(conv=conv)
+    x = torch.randn(5, 3, 6)
+    y = torch.randn(5, 4, conv(x).shape[-1])
+
+    def loss_fn(m, batch):
+        return ((torch.tanh(m.conv(batch[0])) - batch[1]) ** 2).sum((1, 2))
+
+    ours = estimate_curvature(model, [(x, y)], loss_fn, method="ewc", targets=["conv"], progress=False)
+
+    def loss_one(W, x, y):
+        out = F.conv_transpose1d(x, W, conv.bias, stride=2, padding=1, output_padding=1)
+        return ((torch.tanh(out) - y) ** 2).sum()
+
+    diag, _ = per_sample_diag(loss_one, conv.weight.detach(), x, y)  # (in, out, k)
+    expected = torch.stack([diag[:, o, :].reshape(-1) for o in range(4)])  # matrix view [o, i*k + j]
+    assert_close(ours.factors("conv")["diag"], expected)
+
+
+def test_ewc_lstm_weights():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4, batch_first=True)
+    head = torch.randn(4, 2)
+    model = Holder(lstm=lstm)
+    x, y = torch.randn(5, 6, 3), torch.randn(5, 6, 2)
+
+    def loss_fn(m, batch):
+        return ((m.lstm(batch[0])[0] @ head - batch[1]) ** 2).sum((1, 2))
+
+    ours = estimate_curvature(model, [(x, y)], loss_fn, method="ewc", targets=["lstm"], progress=False)
+    params = {k: v.detach() for k, v in lstm.named_parameters()}
+
+    def loss_one(w, x, y):
+        out = functional_call(lstm, {**params, **w}, (x,))[0]
+        return ((out @ head - y) ** 2).sum()
+
+    weights = {k: params[k] for k in ("weight_ih_l0", "weight_hh_l0")}
+    try:
+        grads = vmap(grad(lambda w, x, y: loss_one(w, x[None], y[None])), in_dims=(None, 0, 0))(weights, x, y)
+    except (RuntimeError, NotImplementedError):  # no batching rule for the fused kernel: loop over samples
+        per = [grad(loss_one)(weights, x[n:n + 1], y[n:n + 1]) for n in range(5)]
+        grads = {k: torch.stack([p[k] for p in per]) for k in weights}
+    for k in weights:
+        assert_close(ours.factors(f"lstm.{k}")["diag"], (grads[k].double() ** 2).mean(0))

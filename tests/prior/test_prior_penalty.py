@@ -1,0 +1,227 @@
+"""LaplacePrior against dense forms on every layer type, and its options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from curv_helpers import dense_kfac, lora_delta, randomise_lora
+from torch import nn
+from torch.func import functional_call
+from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import weight_norm
+
+from tts_bpeft import Curvature, LaplacePrior, add_lora, estimate_curvature, lora_targets
+
+LSTM_WEIGHTS = ["weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse"]
+NAMES = ["lin", "conv", "convt"] + [f"lstm.{w}" for w in LSTM_WEIGHTS]
+
+
+class AllKinds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 5)
+        self.conv = weight_norm(nn.Conv1d(5, 4, 3, padding=2, dilation=2))
+        self.convt = nn.ConvTranspose1d(4, 3, 3, stride=2, padding=1, output_padding=1)
+        self.lstm = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(torch.tanh(self.lin(x)).transpose(1, 2)))
+        return self.lstm(self.convt(h).transpose(1, 2))[0]
+
+
+def _loss(m, batch):
+    return ((m(batch[0]) - batch[1]) ** 2).sum((1, 2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning):
+        model = AllKinds()
+    x = torch.randn(4, 5, 3)
+    y = torch.randn(4, 10, 8)
+    model = add_lora(model, ["lin", "conv", "convt", "lstm"], r=2, alpha=3)
+    randomise_lora(model)
+    batches = [(x[:2], y[:2]), (x[2:], y[2:])]
+    kfac = estimate_curvature(model, batches, _loss, progress=False)
+    ewc = estimate_curvature(model, batches, _loss, method="ewc", progress=False)
+    assert kfac.names == NAMES
+    return model, kfac, ewc, x
+
+
+def _layers(model):
+    return {n: (t.layer, t.param) for n, t in lora_targets(model).items()}
+
+
+def test_lora_delta_reproduces_every_lora_layer(setup):
+    """The dense reference dW (from raw LoRA parameters) is the layer's real shift: base(W + dW) == LoRA layer."""
+    model, _, _, x = setup
+    with torch.no_grad():
+        h = torch.tanh(model.lin(x)).transpose(1, 2)
+        lin = model.lin.base_layer
+        torch.testing.assert_close(model.lin(x), F.linear(x, lin.weight + lora_delta(model.lin), lin.bias))
+        conv = model.conv.base_layer
+        W = conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(1, 2), keepdim=True)
+        Wd = W + lora_delta(model.conv).reshape(W.shape)
+        torch.testing.assert_close(model.conv(h), F.conv1d(h, Wd, conv.bias, padding=2, dilation=2))
+        h2 = torch.tanh(model.conv(h))
+        ct = model.convt.base_layer
+        dW = lora_delta(model.convt).reshape(3, 4, 3).permute(1, 0, 2)  # (out, in, k) -> (in, out, k)
+        torch.testing.assert_close(model.convt(h2), F.conv_transpose1d(h2, ct.weight + dW, ct.bias, stride=2,
+                                                                       padding=1, output_padding=1))
+        seq = model.convt(h2).transpose(1, 2)
+        base = model.lstm.base_layer
+        weights = {w: getattr(base, w) + lora_delta(model.lstm, w) for w in LSTM_WEIGHTS}
+        torch.testing.assert_close(model.lstm(seq)[0], functional_call(base, weights, (seq,))[0])
+
+
+def _lora_params(model):
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def _check_against(prior_value, dense_value, params):
+    torch.testing.assert_close(prior_value.double(), dense_value.double(), rtol=1e-5, atol=1e-7)
+    g1 = torch.autograd.grad(prior_value, params, retain_graph=True)
+    g2 = torch.autograd.grad(dense_value, params)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-7)
+
+
+def test_kfac_penalty_and_gradients_equal_the_dense_kronecker_form(setup):
+    model, kfac, _, _ = setup
+    prior = LaplacePrior(kfac, lam=1.0)
+    per_layer = prior.layer_penalties(model)
+    layers = _layers(model)
+    for name in NAMES:
+        layer, param = layers[name]
+        dense = dense_kfac(lora_delta(layer, param), kfac.terms(name))
+        assert dense > 1e-4, name
+        torch.testing.assert_close(per_layer[name].double(), dense, rtol=1e-5, atol=1e-8)
+    total = sum(dense_kfac(lora_delta(*layers[n]), kfac.terms(n)) for n in NAMES)
+    _check_against(LaplacePrior(kfac, lam=2.0).penalty(model), 2.0 * total, _lora_params(model))
+
+
+def test_ewc_and_l2sp_equal_their_dense_forms(setup):
+    model, _, ewc, _ = setup
+    layers = _layers(model)
+    dense_ewc = sum((ewc.factors(n)["diag"].double() * lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
+    _check_against(LaplacePrior(ewc, lam=1.5).penalty(model), 1.5 * dense_ewc, _lora_params(model))
+    def dense_l2():
+        return sum((lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
+    _check_against(LaplacePrior(method="l2sp", lam=0.5).penalty(model), 0.5 * dense_l2(), _lora_params(model))
+    _check_against(LaplacePrior(ewc, method="l2sp").penalty(model), dense_l2(), _lora_params(model))
+
+
+def test_compressed_factors(setup):
+    model, kfac, _, _ = setup
+    full = LaplacePrior(kfac).layer_penalties(model)
+    for name, q in LaplacePrior(kfac.compress(rank=1000)).layer_penalties(model).items():
+        torch.testing.assert_close(q, full[name], rtol=1e-4, atol=1e-7)
+    rank = 2
+    truncated = LaplacePrior(kfac.compress(rank=rank)).layer_penalties(model)
+    layers = _layers(model)
+    differs = 0
+    for name in NAMES:
+        terms = []
+        for term in kfac.terms(name):
+            low = {}
+            for key in ("A", "G"):  # top-`rank` eigenpairs, densely
+                vals, vecs = torch.linalg.eigh(term[key].double())
+                low[key] = vecs[:, -rank:] @ torch.diag(vals[-rank:]) @ vecs[:, -rank:].T
+            terms.append(low)
+        dense = dense_kfac(lora_delta(*layers[name]), terms)
+        torch.testing.assert_close(truncated[name].double(), dense, rtol=1e-4, atol=1e-7)
+        differs += not torch.allclose(truncated[name], full[name], rtol=1e-3)
+    assert differs >= 4  # the truncation is visible, so the comparison above is not full == full
+
+
+def test_weighted_sum_penalty_is_the_weighted_sum_of_dense_forms(setup):
+    model, kfac, _, x = setup
+    y2 = torch.randn(4, 10, 8)
+    other = estimate_curvature(model, [(x.flip(0), y2)], _loss, progress=False)
+    combined = Curvature.weighted_sum([kfac, other], [0.3, 2.0])
+    got = LaplacePrior(combined).layer_penalties(model)
+    layers = _layers(model)
+    for name in NAMES:
+        dW = lora_delta(*layers[name])
+        expected = 0.3 * dense_kfac(dW, kfac.terms(name)) + 2.0 * dense_kfac(dW, other.terms(name))
+        torch.testing.assert_close(got[name].double(), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_per_layer_lam_patterns(setup):
+    model, kfac, _, _ = setup
+    q = LaplacePrior(kfac).layer_penalties(model)
+    prior = LaplacePrior(kfac, lam=1.0, lam_per_layer={"conv": 10.0, "weight_hh_l0": 100.0,
+                                                       r"lstm\.weight_.*": 1000.0, r"conv.*": 7.0})
+    lams = {n: prior.layer_lam(n) for n in NAMES}
+    assert lams == {"lin": 1.0, "conv": 10.0, "convt": 7.0,  # exact name; regex for convt
+                    "lstm.weight_ih_l0": 1000.0, "lstm.weight_hh_l0": 100.0,  # dotted suffix beats later regex
+                    "lstm.weight_ih_l0_reverse": 1000.0, "lstm.weight_hh_l0_reverse": 1000.0}
+    torch.testing.assert_close(prior.penalty(model), sum(lams[n] * q[n] for n in NAMES))
+
+
+def test_reference_scaling_multiplies_kfac_layers_by_samples_over_tokens(setup):
+    model, kfac, ewc, _ = setup
+    q = LaplacePrior(kfac).layer_penalties(model)
+    ref = LaplacePrior(kfac, scaling="reference").layer_penalties(model)
+    tokens = {"lin": 4 * 5, "conv": 4 * 5, "convt": 4 * 10}  # positions: 5 frames, then 10 after the stride-2 convT
+    tokens.update({f"lstm.{w}": 4 * 10 for w in LSTM_WEIGHTS})
+    for name in NAMES:
+        assert kfac.layers[name].tokens == [tokens[name]]
+        torch.testing.assert_close(ref[name], q[name] * 4 / tokens[name])
+    e = LaplacePrior(ewc).layer_penalties(model)
+    e_ref = LaplacePrior(ewc, scaling="reference").layer_penalties(model)
+    for name in NAMES:
+        torch.testing.assert_close(e_ref[name], e[name])
+
+
+def test_configuration_errors(setup):
+    model, kfac, ewc, _ = setup
+    with pytest.raises(ValueError, match="ewc estimate cannot serve a kfac prior"):
+        LaplacePrior(ewc, method="kfac")
+    with pytest.raises(ValueError, match="needs a curvature"):
+        LaplacePrior(method="ewc")
+    with pytest.raises(ValueError, match="method must be one of"):
+        LaplacePrior(kfac, method="fisher")
+    with pytest.raises(ValueError, match="scaling must be"):
+        LaplacePrior(kfac, scaling="paper")
+    partial = Curvature(kfac.method, kfac.fisher, kfac.kfac_approx,
+                        {n: kfac.layers[n] for n in NAMES if n != "convt"}, kfac.samples)
+    with pytest.raises(ValueError, match=r"no estimate for adapted layers \['convt'\]"):
+        LaplacePrior(partial).penalty(model)
+    with pytest.raises(ValueError, match="no LoRA adapter 'other'"):
+        LaplacePrior(kfac, adapter_name="other").penalty(model)
+
+
+def test_penalty_under_bf16_autocast_is_float32_and_exact(setup):
+    model, kfac, ewc, _ = setup
+    for curv in (kfac, ewc, kfac.compress(2)):
+        prior = LaplacePrior(curv, lam=3.0)
+        fp32 = prior.penalty(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.bfloat16  # autocast is really on
+            value = prior.penalty(model)
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, fp32, rtol=1e-6, atol=0)
+
+
+def test_works_on_a_ddp_wrapped_model(setup, tmp_path):
+    model, kfac, _, _ = setup
+    expected = LaplacePrior(kfac, lam=2.0).penalty(model)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model)
+        prior = LaplacePrior(kfac, lam=2.0)
+        value = prior.penalty(ddp)
+        torch.testing.assert_close(value, expected)
+        value.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in _lora_params(model))
+    finally:
+        dist.destroy_process_group()
+        for p in model.parameters():
+            p.grad = None
+    assert math.isfinite(expected.item())
