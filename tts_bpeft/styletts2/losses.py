@@ -1,0 +1,414 @@
+"""The StyleTTS 2 second-stage (fine-tuning) generator objective, one value per utterance.
+
+Source: the generator step of the official ``train_finetune.py`` / ``train_second.py`` (StyleTTS 2 repository;
+the installed ``styletts2`` package ships only models.py, losses.py and the Modules, so the step is rebuilt
+here from those and the original script's logic). Every utterance is run alone (batch of one, unpadded), so
+a sample's terms never depend on the others in its batch; where the original used a batch-level quantity,
+the per-utterance one is used instead:
+
+- decoder segment: the original crops every item to ``min(shortest/2 - 1, max_len/2)`` aligned frames; here
+  each utterance gets ``min(own/2 - 1, max_len/2)`` at a random start;
+- mel loss: spectral convergence ``sum|y - x| / sum|y|`` of normalised log-mels (3 resolutions, averaged),
+  the sums taken over the utterance instead of the batch;
+- style diffusion: ``sigma_data`` is the utterance's own style-vector std (the original: the batch mean of
+  them) when ``estimate_sigma_data`` is set; the model's value is restored afterwards;
+- mono: the L1 mean runs over the utterance's own (tokens x frames) alignment, not the padded batch;
+- the JDC pitch extractor makes the F0 target in eval mode (its BatchNorm would otherwise use batch stats).
+
+All randomness (aligner token masking, the 50% choice of soft/monotonic alignment, segment start, diffusion
+noise and sigma, sampler steps, decoder smoothing, dropout) comes from torch's RNG; ``seeds`` (one per
+utterance) makes each utterance's draws reproducible and independent of its batch.
+
+Terms (per utterance, shape (B,)), with the official weights (``loss_params``):
+
+======  ==========================================================  ============
+mel     multi-resolution log-mel spectral convergence                lambda_mel 5
+f0      smooth L1(F0 predicted, JDC F0) / 10                          lambda_F0 1
+norm    smooth L1(log energy predicted, log mel norm)                  lambda_norm 1
+dur     L1(sum sigmoid(duration logits), aligner durations), inner    lambda_dur 1
+ce      BCE of duration logits vs. the duration's step targets       lambda_ce 20
+diff    EDM denoising loss of the style diffusion                    lambda_diff 1
+sty     L1(style sampled by 3-4 ADPM2 steps, target style)           lambda_sty 1
+mono    10 * L1(soft alignment, monotonic alignment)                 lambda_mono 1
+s2s     aligner token cross entropy                                  lambda_s2s 1
+gen     mpd + msd least-squares GAN, feature matching, TPRLS          lambda_gen 1 (off by default)
+======  ==========================================================  ============
+
+The WavLM feature loss and SLM adversarial terms are not implemented (their WavLM weights come from a hub).
+
+For curvature estimates, :class:`GeneratorLossOutput` also carries (prediction, target, mask) of the mel
+(one per resolution, normalised log-mel (B, 128, frames)), F0 (B, T), energy (B, T) and duration (B, L)
+regressions, zero-padded across the batch, targets detached, masks True where a value counts in the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from monotonic_align import maximum_path
+from munch import Munch
+from styletts2.losses import GeneratorLoss as AdversarialGeneratorLoss
+from styletts2.losses import MultiResolutionSTFTLoss
+from styletts2.Modules.diffusion.sampler import ADPM2Sampler, DiffusionSampler, KarrasSchedule
+from styletts2.utils import log_norm
+from torch import Tensor
+
+from tts_bpeft.styletts2.model import MIN_STYLE_FRAMES
+
+HOP = 300
+DEFAULT_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
+ALL_TERMS = DEFAULT_TERMS + ("gen",)
+LAMBDA_KEYS = {
+    "mel": "lambda_mel",
+    "f0": "lambda_F0",
+    "norm": "lambda_norm",
+    "dur": "lambda_dur",
+    "ce": "lambda_ce",
+    "diff": "lambda_diff",
+    "sty": "lambda_sty",
+    "mono": "lambda_mono",
+    "s2s": "lambda_s2s",
+    "gen": "lambda_gen",
+}
+DEFAULT_WEIGHTS = {
+    "mel": 5.0,
+    "f0": 1.0,
+    "norm": 1.0,
+    "dur": 1.0,
+    "ce": 20.0,
+    "diff": 1.0,
+    "sty": 1.0,
+    "mono": 1.0,
+    "s2s": 1.0,
+    "gen": 1.0,
+}
+MEL_FFT_SIZES = (1024, 2048, 512)
+
+
+class Prediction(NamedTuple):
+    """A regression output and its target, zero-padded to a common shape; `mask` (bool, same shape) marks
+    the entries that enter the loss."""
+
+    prediction: Tensor
+    target: Tensor
+    mask: Tensor
+
+
+@dataclass
+class GeneratorLossOutput:
+    """Per-utterance terms (name -> (B,)), their weighted sum `total` (B,), and regression pieces."""
+
+    terms: dict[str, Tensor]
+    total: Tensor
+    predictions: dict[str, Prediction]
+
+
+def loss_weights(
+    config: Mapping[str, Any] | None = None, overrides: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Term weights: the official defaults, then ``config['loss_params']`` lambdas, then `overrides`."""
+    weights = dict(DEFAULT_WEIGHTS)
+    params = (config or {}).get("loss_params") or {}
+    for term, key in LAMBDA_KEYS.items():
+        if key in params:
+            weights[term] = float(params[key])
+    for term, value in (overrides or {}).items():
+        if term not in weights:
+            raise ValueError(f"unknown loss term '{term}'; known: {ALL_TERMS}")
+        weights[term] = float(value)
+    return weights
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Within the block, torch's RNG (CPU and `device`) starts from `seed`; the outer state is restored.
+    With `seed` None the block just uses the running RNG."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """`module` in eval mode within the block, its previous mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _pad_stack(tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack tensors differing in their last dimension, zero-padded; plus the bool mask of real entries."""
+    length = max(t.shape[-1] for t in tensors)
+    padded = torch.stack([F.pad(t, (0, length - t.shape[-1])) for t in tensors])
+    mask = torch.stack(
+        [F.pad(torch.ones_like(t, dtype=torch.bool), (0, length - t.shape[-1])) for t in tensors]
+    )
+    return padded, mask
+
+
+def mel_convergence(
+    prediction: Tensor, target: Tensor, stft_losses: Sequence[torch.nn.Module]
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Multi-resolution log-mel spectral convergence of one waveform pair, as the official
+    ``MultiResolutionSTFTLoss`` computes it for a batch of one.
+
+    Args:
+        prediction, target: waveforms (1, samples) at 24 kHz; `target` is detached.
+        stft_losses: the official ``STFTLoss`` modules (their ``to_mel`` transforms are used).
+    Returns:
+        the mean over resolutions of ``sum|y - x| / sum|y|`` (0-dim), and per resolution the normalised
+        log-mels ``(log(1e-5 + mel) + 4) / 4`` of prediction and target, each (1, 128, frames).
+    """
+    convergences, mels = [], []
+    for stft_loss in stft_losses:
+        to_mel = stft_loss.to_mel.to(prediction.device)
+        x_mel = (torch.log(1e-5 + to_mel(prediction)) + 4) / 4
+        y_mel = ((torch.log(1e-5 + to_mel(target)) + 4) / 4).detach()
+        convergences.append((y_mel - x_mel).abs().sum() / y_mel.abs().sum())
+        mels.append((x_mel, y_mel))
+    return torch.stack(convergences).mean(), mels
+
+
+def monotonic_alignment(attention: Tensor) -> Tensor:
+    """Hard monotonic alignment (B, L, T) maximising the summed soft `attention` (B, L, T) along the path.
+
+    Every one of the T frames is given exactly one of the L tokens, token indices never decrease, the path
+    runs from (0, 0) to (L - 1, T - 1), so each token gets at least one frame and durations ``sum(-1)`` add
+    up to T. ``monotonic_align.maximum_path`` assigns one column per row of its (b, rows, cols) input, so it
+    is given the (B, T, L) transpose. Needs T >= L.
+    """
+    n_tokens, n_frames = attention.shape[-2:]
+    if n_frames < n_tokens:
+        raise ValueError(
+            f"monotonic alignment needs at least as many aligned frames as tokens; "
+            f"got {n_frames} frames for {n_tokens} tokens"
+        )
+    frames_first = attention.detach().transpose(1, 2).contiguous()
+    return maximum_path(frames_first, torch.ones_like(frames_first)).transpose(1, 2)
+
+
+def duration_terms(logits: Tensor, durations: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Duration L1 and BCE of one utterance.
+
+    Args:
+        logits: (L, max_dur) duration-predictor logits; step j of token i is "duration > j".
+        durations: (L,) aligner durations in aligned (half-rate) frames.
+    Returns:
+        L1 between ``sum_j sigmoid(logits)`` and `durations` over tokens 1..L-2 (first and last excluded, as
+        in the original), BCE of the logits against the step targets over all tokens, and the expected
+        durations (L,).
+    """
+    steps = (torch.arange(logits.shape[-1], device=logits.device) < durations[:, None]).to(logits.dtype)
+    expected = torch.sigmoid(logits).sum(dim=1)
+    n = logits.shape[0]
+    dur = F.l1_loss(expected[1 : n - 1], durations[1 : n - 1])
+    ce = F.binary_cross_entropy_with_logits(logits.flatten(), steps.flatten())
+    return dur, ce, expected
+
+
+def check_lengths(batch: Any, i: int) -> None:
+    """Raise ValueError, naming the utterance, when utterance `i` is too short for the objective: the duration
+    loss needs 3 tokens, the decoder segment's style encoders 80 frames (so 82 mel frames in all)."""
+    n_tokens = int(batch.token_lengths[i])
+    frames = int(batch.mel_lengths[i]) // 2 * 2
+    where = f"utterance {i} ({batch.paths[i]})" if hasattr(batch, "paths") else f"utterance {i}"
+    if n_tokens < 3:
+        raise ValueError(f"{where}: {n_tokens} tokens; the duration loss needs at least 3")
+    if frames < MIN_STYLE_FRAMES + 2:
+        raise ValueError(
+            f"{where}: {frames} mel frames; needs at least {MIN_STYLE_FRAMES + 2} "
+            f"(style encoders need {MIN_STYLE_FRAMES} frames of the decoder segment)"
+        )
+
+
+class GeneratorObjective:
+    """The per-utterance StyleTTS 2 generator loss of a model built by ``tts_bpeft.styletts2.model``.
+
+    Args:
+        model: the 13-module ``Munch``; the caller sets train/eval mode.
+        config: the model's config (dict): ``model_params.multispeaker``, ``model_params.diffusion.dist``,
+            ``loss_params`` and ``max_len`` are read. Default: multispeaker, estimated sigma_data, official
+            weights, max_len 300.
+        terms: the terms computed and summed (subset of :data:`ALL_TERMS`).
+        weights: overrides of the term weights.
+        max_frames: longest decoder segment in mel frames (default ``config['max_len']`` or 300).
+    """
+
+    def __init__(
+        self,
+        model: Munch,
+        config: Mapping[str, Any] | None = None,
+        terms: Sequence[str] = DEFAULT_TERMS,
+        weights: Mapping[str, float] | None = None,
+        max_frames: int | None = None,
+    ):
+        unknown = sorted(set(terms) - set(ALL_TERMS))
+        if unknown or not terms:
+            raise ValueError(f"terms must be a non-empty subset of {ALL_TERMS}; unknown: {unknown}")
+        config = config or {}
+        params = config.get("model_params") or {}
+        self.model = model
+        self.terms = tuple(terms)
+        self.weights = loss_weights(config, weights)
+        self.multispeaker = bool(params.get("multispeaker", True))
+        self.estimate_sigma_data = bool(
+            params.get("diffusion", {}).get("dist", {}).get("estimate_sigma_data", True)
+        )
+        self.max_frames = int(max_frames or config.get("max_len", 300))
+        self.mel_losses = MultiResolutionSTFTLoss().stft_losses
+        self.adversarial = AdversarialGeneratorLoss(model.mpd, model.msd) if "gen" in self.terms else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.decoder.parameters()).device
+
+    def __call__(self, batch: Any, seeds: Sequence[int] | None = None) -> GeneratorLossOutput:
+        """Terms for every utterance of `batch` (a ``TTSBatch``: tokens (B, L_max), token_lengths (B,),
+        mels (B, 80, T_max), mel_lengths (B,), waves (B, 300 T_max), ref_mels (B, 80, T_ref)).
+
+        `seeds`: one int per utterance, making each utterance's random draws reproducible on their own.
+        """
+        n = batch.tokens.shape[0]
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {n}")
+        for i in range(n):
+            check_lengths(batch, i)
+        device = self.device
+        per_sample = []
+        for i in range(n):
+            with seeded(None if seeds is None else int(seeds[i]), device):
+                per_sample.append(self._utterance(batch, i, device))
+        terms = {name: torch.stack([s[0][name] for s in per_sample]) for name in self.terms}
+        total = sum(self.weights[name] * terms[name] for name in self.terms)
+        predictions = {}
+        for name in per_sample[0][1]:
+            pred, mask = _pad_stack([s[1][name][0] for s in per_sample])
+            target, _ = _pad_stack([s[1][name][1] for s in per_sample])
+            inner = _pad_stack([s[1][name][2] for s in per_sample])[0].bool()
+            predictions[name] = Prediction(pred, target, mask & inner)
+        return GeneratorLossOutput(terms=terms, total=total, predictions=predictions)
+
+    def _utterance(
+        self, batch: Any, i: int, device: torch.device
+    ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor, Tensor]]]:
+        """Terms (0-dim) and unbatched (prediction, target, mask) triples of utterance `i`, run alone."""
+        m = self.model
+        want = set(self.terms)
+        n_tokens = int(batch.token_lengths[i])
+        frames = int(batch.mel_lengths[i]) // 2 * 2
+        tokens = batch.tokens[i : i + 1, :n_tokens].to(device)
+        mel = batch.mels[i : i + 1, :, :frames].to(device)
+        wave = batch.waves[i, : frames * HOP].to(device)
+        lengths = torch.tensor([n_tokens], device=device)
+        text_mask = torch.zeros(1, n_tokens, dtype=torch.bool, device=device)
+        half = frames // 2**m.text_aligner.n_down
+
+        # Alignment: soft attention of the aligner, and its monotonic (hard) path.
+        _, s2s_pred, s2s_attn = m.text_aligner(
+            mel, torch.zeros(1, half, dtype=torch.bool, device=device), tokens
+        )
+        s2s_attn = s2s_attn[:, 1:, :]
+        attn_mono = monotonic_alignment(s2s_attn)
+        t_en = m.text_encoder(tokens, lengths, text_mask)
+        asr = t_en @ (s2s_attn if bool(torch.randint(2, ())) else attn_mono)
+        d_gt = attn_mono.sum(dim=-1).detach()
+
+        # Global styles of the whole utterance: prosodic (duration) and acoustic (diffusion target).
+        s_dur = m.predictor_encoder(mel.unsqueeze(1))
+        s_acoustic = m.style_encoder(mel.unsqueeze(1))
+        s_trg = torch.cat([s_acoustic, s_dur], dim=-1).detach()
+        bert_dur = m.bert(tokens, attention_mask=(~text_mask).int())
+        d_en = m.bert_encoder(bert_dur).transpose(-1, -2)
+
+        terms: dict[str, Tensor] = {}
+        if want & {"diff", "sty"}:
+            terms.update(self._style_diffusion(batch.ref_mels[i : i + 1].to(device), s_trg, bert_dur))
+
+        d, p = m.predictor(d_en, s_dur, lengths, attn_mono, text_mask)
+
+        # Decoder segment: up to max_frames mel frames at a random start, in aligned (half-rate) frames.
+        seg = min(half - 1, self.max_frames // 2)
+        start = int(torch.randint(0, half - seg, ()))
+        en = asr[..., start : start + seg]
+        p_en = p[..., start : start + seg]
+        gt = mel[..., 2 * start : 2 * (start + seg)]
+        wav = wave[2 * start * HOP : 2 * (start + seg) * HOP].unsqueeze(0)
+        s = m.style_encoder(gt.unsqueeze(1))
+        s_dur_seg = m.predictor_encoder(gt.unsqueeze(1))
+        with torch.no_grad(), eval_mode(m.pitch_extractor):
+            f0_real = m.pitch_extractor(gt.unsqueeze(1))[0].reshape(1, -1)
+        n_real = log_norm(gt.unsqueeze(1)).squeeze(1)
+        f0_fake, n_fake = m.predictor.F0Ntrain(p_en, s_dur_seg)
+        terms["f0"] = F.smooth_l1_loss(f0_fake, f0_real) / 10
+        terms["norm"] = F.smooth_l1_loss(n_fake, n_real)
+        predictions = {
+            "f0": (f0_fake[0], f0_real[0], torch.ones_like(f0_real[0])),
+            "norm": (n_fake[0], n_real[0], torch.ones_like(n_real[0])),
+        }
+
+        if want & {"mel", "gen"}:
+            y_rec = m.decoder(en, f0_fake, n_fake, s)
+            terms["mel"], mels = mel_convergence(y_rec.squeeze(1), wav, self.mel_losses)
+            for fft, (x_mel, y_mel) in zip(MEL_FFT_SIZES, mels):
+                predictions[f"mel_{fft}"] = (x_mel[0], y_mel[0], torch.ones_like(y_mel[0]))
+            if "gen" in want:
+                terms["gen"] = self.adversarial(wav.unsqueeze(1).detach(), y_rec)
+
+        # Durations: logits (L, max_dur) against step targets; L1 on the expected duration, inner tokens.
+        logits = d[0, :n_tokens]
+        target = d_gt[0, :n_tokens]
+        terms["dur"], terms["ce"], dur_pred = duration_terms(logits, target)
+        inner = torch.zeros(n_tokens, device=device)
+        inner[1 : n_tokens - 1] = 1
+        predictions["dur"] = (dur_pred, target, inner)
+
+        terms["s2s"] = F.cross_entropy(s2s_pred[0, :n_tokens], tokens[0])
+        terms["mono"] = F.l1_loss(s2s_attn, attn_mono) * 10
+        return {name: terms[name] for name in self.terms}, predictions
+
+    def _style_diffusion(self, ref_mel: Tensor, s_trg: Tensor, bert_dur: Tensor) -> dict[str, Tensor]:
+        """EDM loss and sampled-style L1 for one utterance; `s_trg` (1, 2 style_dim), `bert_dur` (1, L, H)."""
+        m = self.model
+        kdiffusion = m.diffusion.diffusion
+        features = {}
+        if self.multispeaker:
+            with torch.no_grad():
+                ref = torch.cat(
+                    [m.style_encoder(ref_mel.unsqueeze(1)), m.predictor_encoder(ref_mel.unsqueeze(1))], dim=-1
+                )
+            features = {"features": ref}
+        previous_sigma_data = kdiffusion.sigma_data
+        if self.estimate_sigma_data:
+            kdiffusion.sigma_data = float(s_trg.std(dim=-1).mean())
+        try:
+            diff = m.diffusion(s_trg.unsqueeze(1), embedding=bert_dur, **features).mean()
+            sampler = DiffusionSampler(
+                kdiffusion,
+                sampler=ADPM2Sampler(),
+                sigma_schedule=KarrasSchedule(sigma_min=0.0001, sigma_max=3.0, rho=9.0),
+                clamp=False,
+            )
+            num_steps = int(torch.randint(3, 5, ()))
+            s_pred = sampler(
+                noise=torch.randn_like(s_trg).unsqueeze(1),
+                embedding=bert_dur,
+                embedding_scale=1,
+                embedding_mask_proba=0.1,
+                num_steps=num_steps,
+                **features,
+            ).squeeze(1)
+        finally:
+            kdiffusion.sigma_data = previous_sigma_data
+        return {"diff": diff, "sty": F.l1_loss(s_pred, s_trg)}
