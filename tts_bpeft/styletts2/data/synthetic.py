@@ -148,6 +148,12 @@ def assign_voices(genders: Sequence[str]) -> list[Voice]:
     return chosen
 
 
+def _check_voices(voices: Sequence[Voice], speakers: int) -> list[Voice]:
+    if len(voices) != speakers:
+        raise ValueError(f"got {len(voices)} voices for {speakers} speakers")
+    return list(voices)
+
+
 @dataclass
 class SyntheticCorpus:
     """What a writer produced: the root, the voice of each speaker, utterance count and seconds of audio."""
@@ -236,6 +242,7 @@ def make_libritts(
     distinct_sentences: bool = True,
     sentence_offset: int = 0,
     workers: int = 2,
+    voices: Sequence[Voice] | None = None,
 ) -> SyntheticCorpus:
     """Write a LibriTTS-layout corpus: 24 kHz 16-bit wavs, .normalized/.original.txt, trans.tsv, speakers.tsv.
 
@@ -246,6 +253,7 @@ def make_libritts(
         distinct_sentences: every speaker reads different sentences (else all read the same ones).
         sentence_offset: first built-in sentence used (so other subsets can read other sentences).
         workers: synthesizer processes run at once.
+        voices: one voice per speaker (default: assigned by gender, round-robin).
     """
     root = Path(root)
     ids = (
@@ -263,6 +271,7 @@ def make_libritts(
         "chapters_per_speaker": chapters_per_speaker,
         "distinct_sentences": distinct_sentences,
         "sentence_offset": sentence_offset,
+        "voices": [str(v) for v in voices] if voices else None,
     }
     marker = root / f".synthetic-libritts-{subset}.json"
     with _locked(root):
@@ -270,7 +279,7 @@ def make_libritts(
         if done is not None:
             return done
         start = time.perf_counter()
-        voices = assign_voices(genders)
+        voices = _check_voices(voices, len(ids)) if voices else assign_voices(genders)
         texts = _sentence_indices(len(ids), utterances_per_speaker, distinct_sentences, sentence_offset)
         jobs = []
         for k, (speaker, voice) in enumerate(zip(ids, voices, strict=True)):
@@ -332,6 +341,7 @@ def make_vctk(
     distinct_sentences: bool = True,
     sentence_offset: int = 0,
     workers: int = 2,
+    voices: Sequence[Voice] | None = None,
 ) -> SyntheticCorpus:
     """Write a VCTK-Corpus-0.92-layout corpus: speaker-info.txt, txt/, 48 kHz flac mic1 and mic2.
 
@@ -345,6 +355,7 @@ def make_vctk(
         distinct_sentences: every speaker reads different sentences (else all read the same ones).
         sentence_offset: first built-in sentence used.
         workers: synthesizer processes run at once.
+        voices: one voice per speaker (default: assigned by gender, round-robin).
     """
     root = Path(root)
     ids = [f"p{901 + k}" for k in range(speakers)] if isinstance(speakers, int) else list(speakers)
@@ -354,6 +365,7 @@ def make_vctk(
         "utterances_per_speaker": utterances_per_speaker,
         "distinct_sentences": distinct_sentences,
         "sentence_offset": sentence_offset,
+        "voices": [str(v) for v in voices] if voices else None,
     }
     marker = root / ".synthetic-vctk.json"
     with _locked(root):
@@ -361,7 +373,7 @@ def make_vctk(
         if done is not None:
             return done
         start = time.perf_counter()
-        voices = assign_voices([row[1] for row in rows])
+        voices = _check_voices(voices, len(ids)) if voices else assign_voices([row[1] for row in rows])
         lines = ["ID  AGE  GENDER  ACCENTS  REGION COMMENTS \n"]
         lines += [
             f"{s:<5} {a:<4} {g:<6} {acc:<13} {reg}  {com}".rstrip() + "\n"

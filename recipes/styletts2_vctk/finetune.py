@@ -1,0 +1,36 @@
+"""Fine-tune StyleTTS 2 on one VCTK speaker with LoRA and a Laplace prior (or a baseline system).
+
+    python finetune.py data.vctk_root=/data/VCTK-Corpus-0.92 prior=kfac prior.lam=1e3
+    python finetune.py -m data.vctk_root=... prior=none,ewc,kfac prior.lam=1e2,1e3,1e4   # a sweep
+
+Each run lands in its own folder (hydra) with its config; rerunning a killed run resumes it.
+"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from tts_bpeft.styletts2.finetune import finetune
+
+
+def absolute(cfg: DictConfig) -> DictConfig:
+    """Paths given relative to where the command ran (hydra changes the working directory)."""
+    for key in ("model.config", "model.checkpoint", "data.vctk_root", "data.phoneme_cache", "prior.curvature",
+                "model.aux.asr", "model.aux.pitch", "model.aux.plbert"):
+        value = OmegaConf.select(cfg, key)
+        if value and value != "tiny":
+            OmegaConf.update(cfg, key, to_absolute_path(value))
+    return cfg
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
+def main(cfg: DictConfig) -> None:
+    summary = finetune(absolute(cfg), Path(HydraConfig.get().runtime.output_dir))
+    print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s -> {HydraConfig.get().runtime.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""A small resumable training loop, shared by every integration: gradient accumulation, the prior term,
+checkpoints that survive a kill, data-parallel gradients, a CSV log and a progress bar.
+
+Resuming is exact: a checkpoint holds the trainable tensors, the optimizer state, torch's RNG states and
+the position in the data (epoch, batches consumed), and `batches(epoch)` must give the same batches for
+the same epoch (seed the shuffling with the epoch). Killing the process and rerunning the same command
+therefore ends with the same weights as an uninterrupted run. Checkpoints and the log are written
+atomically (temp file + rename).
+
+Data parallel: with ``torch.distributed`` initialised, each process passes its own shard of every global
+batch and the gradients of the trainable tensors are averaged before each optimizer step (the loss of a
+global batch is the mean of the processes' mean losses, so equal shard sizes give the single-process
+result). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sized
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .io import atomic_write
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.csv"
+
+StepLoss = Callable[[Any], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainSettings:
+    """How long and how to step: `epochs` over the data (capped by `max_steps` optimizer steps if set)."""
+
+    epochs: int = 1
+    max_steps: int | None = None
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    checkpoint_every: int = 50
+    progress: bool = True
+
+
+def _rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
+                    position: Mapping[str, int]) -> None:
+    """Trainable tensors, optimizer state, RNG states and data position, written atomically."""
+    state = {"trainable": {k: v.detach().cpu() for k, v in trainable.items()},
+             "optimizer": optimizer.state_dict(), "rng": _rng_state(), "position": dict(position)}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer
+                    ) -> dict[str, int]:
+    """Restore a checkpoint written by `save_checkpoint`; returns the data position."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = sorted(set(trainable) - set(state["trainable"]))
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks trainable tensors {missing[:5]}; was it written by "
+                         "another configuration? Delete it or choose another output folder")
+    with torch.no_grad():
+        for name, tensor in trainable.items():
+            tensor.copy_(state["trainable"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return state["position"]
+
+
+class CsvLog:
+    """Per-step rows (step, epoch, loss terms, prior, time) in ``log.csv``; on resume, rows after the
+    checkpoint are dropped so the log matches the weights."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if resume_step and path.is_file():
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.rows.append(dict(row))
+
+    def flush(self) -> None:
+        fields = list(dict.fromkeys(k for row in self.rows for k in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        text = buffer.getvalue()
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
+          batches: Callable[[int], Sized], step_loss: StepLoss, out_dir: str | os.PathLike,
+          settings: TrainSettings | None = None, penalty: Callable[[], Tensor] | None = None,
+          resume: bool = True) -> dict[str, Any]:
+    """Train `trainable` (name -> tensor with requires_grad) with `optimizer`.
+
+    `batches(epoch)` gives this process's batches of one epoch (deterministically; a sized iterable such as
+    a DataLoader, so that its length is known without loading it); `step_loss(batch)`
+    returns the mean loss of a batch and floats to log. `penalty()` (e.g. ``lambda: prior.penalty(model)``)
+    is added once per optimizer step. Returns ``{"steps", "epochs", "seconds", "last": last log row}``.
+    """
+    settings = settings or TrainSettings()
+    out_dir = Path(out_dir)
+    rank, world = _rank()
+    params = list(trainable.values())
+    ckpt = out_dir / CHECKPOINT_NAME
+    for stale in [*out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *out_dir.glob(f".{LOG_NAME}.*.tmp")]:
+        stale.unlink()  # left by a run killed while writing; the previous checkpoint is intact
+    position = {"step": 0, "epoch": 0, "batch": 0}
+    if resume and ckpt.is_file():
+        position = load_checkpoint(ckpt, trainable, optimizer)
+    log = CsvLog(out_dir / LOG_NAME, position["step"])
+    per_epoch = len(batches(0))
+    steps_per_epoch = max(1, math.ceil(per_epoch / settings.grad_accum))
+    total = settings.epochs * steps_per_epoch
+    if settings.max_steps is not None:
+        total = min(total, settings.max_steps)
+    bar = tqdm(total=total, initial=position["step"], desc="fine-tuning", disable=not settings.progress or rank)
+    started, step = time.time(), position["step"]
+    last: dict[str, Any] = {}
+
+    def checkpoint(epoch: int, batch: int) -> None:
+        if rank == 0:
+            save_checkpoint(ckpt, trainable, optimizer, {"step": step, "epoch": epoch, "batch": batch})
+            log.flush()
+
+    for epoch in range(position["epoch"], settings.epochs):
+        skip = position["batch"] if epoch == position["epoch"] else 0
+        accumulated, logs = 0, []
+        for index, batch in enumerate(batches(epoch)):
+            if index < skip:
+                continue
+            if step >= total:
+                break
+            loss, values = step_loss(batch)
+            (loss / settings.grad_accum).backward()
+            logs.append(values)
+            accumulated += 1
+            if accumulated < settings.grad_accum and index < per_epoch - 1:
+                continue
+            prior = penalty() if penalty is not None else None
+            if prior is not None:
+                prior.backward()
+            if world > 1:
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last = {"step": step, "epoch": epoch, "seconds": round(time.time() - started, 3),
+                    **{k: sum(v[k] for v in logs) / len(logs) for k in logs[0]},
+                    "prior": float(prior.detach()) if prior is not None else 0.0}
+            log.add(last)
+            accumulated, logs = 0, []
+            bar.update(1)
+            bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4g}", prior=f"{last['prior']:.3g}")
+            if step % settings.checkpoint_every == 0 or step == total:
+                checkpoint(epoch, index + 1)
+        if step >= total:
+            break
+    bar.close()
+    checkpoint(settings.epochs, 0)
+    return {"steps": step, "epochs": settings.epochs, "seconds": time.time() - started, "last": last}
