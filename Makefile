@@ -26,7 +26,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	$(PY) -m tts_bpeft.demo
+	$(PY) recipes/styletts2_demo/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

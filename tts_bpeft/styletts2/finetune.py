@@ -18,15 +18,17 @@ result: ``adapter/`` (peft files) for LoRA or ``trainable.safetensors`` for the 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from munch import Munch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..curvature import Curvature
 from ..io import save_json, save_safetensors
@@ -133,14 +135,19 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
     """Fine-tune as `cfg` says (the hydra config of ``recipes/styletts2_vctk/finetune.py``) into `out_dir`.
 
     The training utterances are the target speaker's VCTK train split, or `utterances` when given (e.g.
-    LibriTTS for pre-training). Rerunning the same command in the same folder resumes from
-    ``checkpoint.pt``. Returns the summary that is also written to ``summary.json``.
+    LibriTTS for pre-training). Launched by ``torchrun --nproc_per_node N``, the processes share each global
+    batch (``optim.batch_size`` utterances each) and average gradients; rank 0 writes the files. Rerunning
+    the same command in the same folder resumes from ``checkpoint.pt``. Returns the summary that is also
+    written to ``summary.json``.
     """
     cfg = _plain(cfg)
     out_dir = Path(out_dir)
     device = torch.device(cfg.get("device", "cpu"))
     seed = int(cfg.get("seed", 0))
-    save_json(cfg, out_dir / "run.json")
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # launched by torchrun
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_json(cfg, out_dir / "run.json")
     model, config = build_base(cfg["model"], device, seed)
     trainable = configure_system(model, cfg)
     prior = build_prior(model, cfg["prior"])
@@ -154,12 +161,18 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
     dataset = TTSDataset(train_set, Phonemizer(cache), trim_db=data_cfg.get("trim_db"))
     optim = cfg["optim"]
 
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
     def batches(epoch: int) -> DataLoader:
-        order = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        refs = torch.Generator().manual_seed(seed * 100_019 + epoch)
-        return DataLoader(dataset, batch_size=optim["batch_size"], shuffle=True, generator=order,
-                          collate_fn=lambda items: (epoch, collate(
-                              items, [dataset.reference(it, refs) for it in items], dataset.ref_frames)))
+        """This process's share of the epoch: each global batch of ``batch_size * world`` utterances is split
+        across the processes (DistributedSampler), one shuffled order per epoch."""
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+
+        def reference(item):  # drawn per utterance and epoch: the same whatever batch or process it is in
+            return dataset.reference(item, torch.Generator().manual_seed(utterance_seed(seed, epoch, item.path)))
+        return DataLoader(dataset, batch_size=optim["batch_size"], sampler=sampler, collate_fn=lambda items: (
+            epoch, collate(items, [reference(it) for it in items], dataset.ref_frames)))
 
     objective = GeneratorObjective(model, config, terms=cfg["loss"]["terms"], weights=cfg["loss"].get("weights"),
                                    max_frames=cfg["loss"].get("max_frames"))
@@ -185,6 +198,8 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
                              checkpoint_every=cfg.get("checkpoint_every", 50), progress=cfg.get("progress", True))
     result = train(trainable, optimizer, batches, step_loss, out_dir, settings,
                    penalty=(lambda: prior.penalty(model)) if prior is not None else None)
+    if rank != 0:
+        return result
     if cfg["system"] == "lora":
         save_adapter(model, out_dir / "adapter")
     else:

@@ -26,8 +26,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..io import atomic_write
+from .curvature import utterance_seed
 from .data.audio import SAMPLE_RATE, load_audio, mel_spectrogram
 from .data.text import Phonemizer, tokenize
+from .losses import seeded
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,14 @@ class Synthesizer:
         shifted[:, :, 1:] = features[:, :, :-1]
         return shifted
 
-    @torch.no_grad()
     def __call__(self, text: str, reference: str | os.PathLike, seed: int | None = None) -> np.ndarray:
-        """Speech for `text` in the voice of `reference`: float32 (samples,) at 24 kHz."""
+        """Speech for `text` in the voice of `reference`: float32 (samples,) at 24 kHz. Every random draw
+        (diffusion noise and sampler, the decoder's harmonic and noise sources) comes from `seed` (default:
+        the synthesizer's), so the same call gives the same wave."""
+        with torch.no_grad(), seeded(self.seed if seed is None else seed, self.device):
+            return self._synthesize(text, reference)
+
+    def _synthesize(self, text: str, reference: str | os.PathLike) -> np.ndarray:
         m, s = self.model, self.settings
         for module in m.values():
             module.eval()
@@ -107,12 +114,11 @@ class Synthesizer:
         text_mask = torch.zeros_like(tokens, dtype=torch.bool)
         ref_s = self.reference_style(reference)
         style_dim = ref_s.shape[-1] // 2
-        generator = torch.Generator(device=self.device).manual_seed(self.seed if seed is None else seed)
 
         t_en = m.text_encoder(tokens, lengths, text_mask)
         bert_dur = m.bert(tokens, attention_mask=(~text_mask).int())
         d_en = m.bert_encoder(bert_dur).transpose(-1, -2)
-        noise = torch.randn((1, 1, 2 * style_dim), generator=generator, device=self.device)
+        noise = torch.randn((1, 1, 2 * style_dim), device=self.device)
         s_pred = self.sampler(noise=noise, embedding=bert_dur, embedding_scale=s.embedding_scale,
                               features=ref_s, num_steps=s.diffusion_steps).squeeze(1)
         acoustic = s.alpha * s_pred[:, :style_dim] + (1 - s.alpha) * ref_s[:, :style_dim]
@@ -134,11 +140,12 @@ class Synthesizer:
 
     def synthesize_all(self, jobs: Sequence[tuple[str, str | os.PathLike, str | os.PathLike]],
                        overwrite: bool = False, progress: bool = True) -> list[Path]:
-        """Write one wav per (text, reference, output path); existing outputs are kept unless `overwrite`."""
+        """Write one wav per (text, reference, output path); existing outputs are kept unless `overwrite`.
+        Each job's seed depends on its text and reference only, so a partial rerun gives the same waves."""
         written = []
-        for i, (text, reference, out) in enumerate(tqdm(jobs, desc="synthesizing", disable=not progress)):
+        for text, reference, out in tqdm(jobs, desc="synthesizing", disable=not progress):
             out = Path(out)
             if overwrite or not out.is_file():
-                write_wav(out, self(text, reference, seed=self.seed + i))
+                write_wav(out, self(text, reference, seed=utterance_seed(self.seed, text, Path(reference).name)))
             written.append(out)
         return written

@@ -1,0 +1,130 @@
+"""The StyleTTS 2 recipes end to end on the tiny build and generated corpora (slow: minutes on 2 cores).
+
+curvature (KFAC, EWC) -> a hydra multirun fine-tuning sweep over every prior -> synthesis -> export; a killed
+fine-tuning run resumes to the same adapter; two processes (torchrun-style, gloo) fine-tune like one.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tts_bpeft.curvature import Curvature
+from tts_bpeft.styletts2.finetune import build_base, export_checkpoint, load_run
+from tts_bpeft.styletts2.synthesize import InferenceSettings, Synthesizer
+
+pytestmark = pytest.mark.slow
+RECIPES = Path(__file__).parents[2] / "recipes" / "styletts2_vctk"
+FAST = ["optim.batch_size=1", "loss.max_frames=84", "checkpoint_every=1", "progress=false",
+        "data.val_utterances=1", "data.test_utterances=1"]
+
+
+def recipe(script: str, *overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(RECIPES / script), *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=1800)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def adapter_tensors(run: Path) -> dict:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, vctk_root, libritts_root):
+    work = tmp_path_factory.mktemp("recipes")
+    for method in ("kfac", "ewc"):
+        recipe("estimate_curvature.py", f"libritts.root={libritts_root}", "libritts.utterances=2", f"method={method}",
+               f"output={work / f'curvature_{method}.safetensors'}", f"hydra.run.dir={work / ('curv_' + method)}",
+               "terms=[f0,norm,dur,ce]", cwd=work)
+    return work
+
+
+def test_curvature_files_fit_the_preset_model(workdir):
+    model, _ = build_base({"config": "tiny"})
+    from tts_bpeft.styletts2.presets import add_preset_lora
+
+    add_preset_lora(model, "paper")
+    kfac = Curvature.load(workdir / "curvature_kfac.safetensors", model)
+    ewc = Curvature.load(workdir / "curvature_ewc.safetensors", model)
+    assert kfac.samples == ewc.samples == 2 and kfac.method == "kfac" and ewc.method == "ewc"
+    summary = json.loads((workdir / "curv_kfac" / "summary.json").read_text())
+    assert summary["layers"] == len(kfac.names) and summary["bytes"] > 0
+
+
+def test_prior_sweep_synthesis_and_export(workdir, vctk_root):
+    sweep = workdir / "sweep"
+    recipe("finetune.py", "-m", "prior=none,l2sp,ewc,kfac", f"data.vctk_root={vctk_root}", "optim.max_steps=2",
+           f"+curvature_dir={workdir}", "prior.curvature=${curvature_dir}/curvature_${prior.kind}.safetensors",
+           f"hydra.sweep.dir={sweep}", *FAST, cwd=workdir)
+    runs = {json.loads((d / "run.json").read_text())["prior"]["kind"]: d for d in sweep.iterdir()
+            if (d / "run.json").is_file()}
+    assert set(runs) == {"none", "l2sp", "ewc", "kfac"}
+    priors = {}
+    for kind, run in runs.items():
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["steps"] == 2 and (run / ".hydra" / "config.yaml").is_file()
+        priors[kind] = summary["last"]["prior"]
+    assert priors["none"] == 0 and all(priors[k] > 0 for k in ("l2sp", "ewc", "kfac"))
+    with_prior, without = adapter_tensors(runs["kfac"]), adapter_tensors(runs["none"])
+    assert max((with_prior[k] - without[k]).abs().max().item() for k in without) > 0  # the prior changed the update
+
+    reference = next((vctk_root / "wav48_silence_trimmed" / "p248").glob("*_mic1.flac"))
+    out = recipe("synthesize.py", f"run={runs['kfac']}", f"reference={reference}", "text=Good morning.",
+                 f"hydra.run.dir={workdir / 'synth'}", "+inference.max_token_frames=4", cwd=workdir)
+    assert "wrote 1 wav" in out.stdout and (workdir / "synth" / "synthesized" / "0000.wav").is_file()
+
+    merged = export_checkpoint(runs["kfac"], workdir / "merged.pth")
+    adapted, config, _ = load_run(runs["kfac"])
+    plain, _ = build_base({"config": "tiny", "checkpoint": str(merged)})
+    settings = InferenceSettings(max_token_frames=4)
+    a = Synthesizer.from_config(adapted, config, settings=settings)("Good morning.", reference)
+    b = Synthesizer.from_config(plain, config, settings=settings)("Good morning.", reference)
+    assert a.shape == b.shape and np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
+
+
+def test_killed_finetuning_resumes_to_the_same_adapter(workdir, vctk_root):
+    common = [f"data.vctk_root={vctk_root}", "optim.max_steps=3", "prior=l2sp", *FAST]
+    whole = workdir / "whole"
+    recipe("finetune.py", *common, f"hydra.run.dir={whole}", cwd=workdir)
+    killed = workdir / "killed"
+    proc = subprocess.Popen([sys.executable, str(RECIPES / "finetune.py"), *common, f"hydra.run.dir={killed}"],
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 1200
+    while not (killed / "checkpoint.pt").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "adapter").exists()
+    recipe("finetune.py", *common, f"hydra.run.dir={killed}", cwd=workdir)
+    a, b = adapter_tensors(whole), adapter_tensors(killed)
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_two_processes_share_the_global_batch(workdir, vctk_root):
+    """torchrun-style launch (WORLD_SIZE/RANK env, gloo): 2 x batch 1 equals 1 process x batch 2."""
+    base = [f"data.vctk_root={vctk_root}", "optim.max_steps=1", "prior=l2sp", *FAST[1:], "loss.terms=[f0,norm,dur,ce]"]
+    single = workdir / "single"
+    recipe("finetune.py", *base, "optim.batch_size=2", f"hydra.run.dir={single}", cwd=workdir)
+    ddp = workdir / "ddp"
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+    procs = [subprocess.Popen([sys.executable, str(RECIPES / "finetune.py"), *base, "optim.batch_size=1",
+                               f"hydra.run.dir={ddp}"], cwd=workdir, env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        assert p.returncode == 0, err[-3000:]
+    a, b = adapter_tensors(single), adapter_tensors(ddp)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
