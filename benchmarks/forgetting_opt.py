@@ -210,7 +210,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("Small OPT: fine-tune quality vs forgetting (labels: lam ratio)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, format="png"))
     plt.close(fig)
 
 

@@ -1,4 +1,9 @@
-"""Atomic file writes: an interrupted run never leaves a half-written artifact."""
+"""Atomic file writes: an interrupted run never leaves a half-written artifact.
+
+Every writer fills a temporary file beside the target (same folder, so the rename is atomic), flushes and
+fsyncs it, then renames it over the target: a reader sees the old file or the whole new one. A writer
+killed midway leaves only a ``.<name>.*.tmp`` file behind.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,53 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from safetensors.torch import save_file
+import numpy as np
+import soundfile as sf
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to `path`, then rename it onto `path`."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(handle)`` on a binary temporary file beside `path`, then rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
-        write(tmp)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
-                     ) -> Path:
-    """safetensors file written atomically (tensors made contiguous and detached)."""
-    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 text, written atomically."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> Path:
-    """JSON file written atomically, indented."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-    return atomic_write(path, write)
+    """Indented UTF-8 JSON, written atomically."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+                     ) -> Path:
+    """A safetensors file written atomically (tensors made contiguous and detached)."""
+    data = safetensors_bytes({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_audio(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> Path:
+    """16-bit PCM audio (wave (samples,) or (samples, channels), floats in [-1, 1]) written atomically; the
+    container (wav, flac) follows the suffix of `path`."""
+    container = Path(path).suffix.lstrip(".").upper()
+    return atomic_write(path, lambda handle: sf.write(handle, wave, sample_rate, subtype="PCM_16", format=container))

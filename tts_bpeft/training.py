@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .io import atomic_write
+from .io import atomic_write, write_text
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
@@ -70,24 +70,28 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
-                    position: Mapping[str, int]) -> None:
-    """Trainable tensors, optimizer state, RNG states and data position, written atomically."""
+                    position: Mapping[str, int], buffers: Mapping[str, Tensor] | None = None) -> None:
+    """Trainable tensors, other state that training changes (`buffers`: running statistics, spectral-norm
+    vectors), optimizer state, RNG states and data position, written atomically."""
     state = {"trainable": {k: v.detach().cpu() for k, v in trainable.items()},
+             "buffers": {k: v.detach().cpu() for k, v in (buffers or {}).items()},
              "optimizer": optimizer.state_dict(), "rng": _rng_state(), "position": dict(position)}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def load_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer
-                    ) -> dict[str, int]:
+def load_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
+                    buffers: Mapping[str, Tensor] | None = None) -> dict[str, int]:
     """Restore a checkpoint written by `save_checkpoint`; returns the data position."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = sorted(set(trainable) - set(state["trainable"]))
+    missing = sorted(set(trainable) - set(state["trainable"])) + sorted(set(buffers or {}) - set(state["buffers"]))
     if missing:
         raise ValueError(f"{path}: checkpoint lacks trainable tensors {missing[:5]}; was it written by "
                          "another configuration? Delete it or choose another output folder")
     with torch.no_grad():
         for name, tensor in trainable.items():
             tensor.copy_(state["trainable"][name])
+        for name, tensor in (buffers or {}).items():
+            tensor.copy_(state["buffers"][name])
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
     return state["position"]
@@ -114,19 +118,21 @@ class CsvLog:
         writer.writeheader()
         writer.writerows(self.rows)
         text = buffer.getvalue()
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        write_text(self.path, text)
 
 
 def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
           batches: Callable[[int], Sized], step_loss: StepLoss, out_dir: str | os.PathLike,
           settings: TrainSettings | None = None, penalty: Callable[[], Tensor] | None = None,
-          resume: bool = True) -> dict[str, Any]:
+          resume: bool = True, buffers: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
     """Train `trainable` (name -> tensor with requires_grad) with `optimizer`.
 
     `batches(epoch)` gives this process's batches of one epoch (deterministically; a sized iterable such as
     a DataLoader, so that its length is known without loading it); `step_loss(batch)`
     returns the mean loss of a batch and floats to log. `penalty()` (e.g. ``lambda: prior.penalty(model)``)
-    is added once per optimizer step. Returns ``{"steps", "epochs", "seconds", "last": last log row}``.
+    is added once per optimizer step. `buffers` (name -> tensor) are non-trained tensors that forward passes
+    change (BatchNorm statistics, spectral-norm vectors): checkpointed too, so that resuming is exact.
+    Returns ``{"steps", "epochs", "seconds", "last": last log row}``.
     """
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
@@ -137,7 +143,7 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
         stale.unlink()  # left by a run killed while writing; the previous checkpoint is intact
     position = {"step": 0, "epoch": 0, "batch": 0}
     if resume and ckpt.is_file():
-        position = load_checkpoint(ckpt, trainable, optimizer)
+        position = load_checkpoint(ckpt, trainable, optimizer, buffers)
     log = CsvLog(out_dir / LOG_NAME, position["step"])
     per_epoch = len(batches(0))
     steps_per_epoch = max(1, math.ceil(per_epoch / settings.grad_accum))
@@ -150,7 +156,7 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
 
     def checkpoint(epoch: int, batch: int) -> None:
         if rank == 0:
-            save_checkpoint(ckpt, trainable, optimizer, {"step": step, "epoch": epoch, "batch": batch})
+            save_checkpoint(ckpt, trainable, optimizer, {"step": step, "epoch": epoch, "batch": batch}, buffers)
             log.flush()
 
     for epoch in range(position["epoch"], settings.epochs):

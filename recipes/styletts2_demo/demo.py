@@ -26,6 +26,7 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tts_bpeft.curvature import Curvature
 from tts_bpeft.eval.speaker import load_speaker_encoder
 from tts_bpeft.eval.zero_shot import (
     TargetSplit,
@@ -35,7 +36,8 @@ from tts_bpeft.eval.zero_shot import (
     run_system,
     styletts2_loader,
 )
-from tts_bpeft.io import atomic_write, save_json
+from tts_bpeft.io import save_json, write_text
+from tts_bpeft.prior import LaplacePrior
 from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature
 from tts_bpeft.styletts2.data.libritts import read_libritts
 from tts_bpeft.styletts2.data.selection import split_per_speaker
@@ -152,21 +154,33 @@ def estimate_curvatures(cfg: DictConfig, out: Path, corpora: dict, checkpoint: P
 
 def finetune_systems(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path,
                      curvatures: dict[str, Path]) -> dict[str, Path]:
+    """Plain LoRA first; then each prior with ``lam = strength / q(dW_plain)``: q is that prior's quadratic
+    at the plain-LoRA adapter, so every prior costs `strength` (nats of per-utterance loss) there. One
+    scale for priors whose raw quadratics differ by orders of magnitude."""
     stage(f"4. fine-tuning on the target speaker {TARGET} with LoRA ({cfg.finetune.preset} preset)")
     runs = {}
-    for prior, lam in cfg.finetune.systems.items():
+    for prior in ["none", *[p for p in cfg.finetune.priors if p != "none"]]:
         run_dir = out / "runs" / f"lora_{prior}"
         runs[prior] = run_dir
         if (run_dir / "summary.json").is_file():
             print(f"cached: {run_dir}")
             continue
-        print(f"-- LoRA + {prior} (lam={lam})")
-        run_cfg = finetune_config(cfg, corpora, "lora", prior, float(lam), cfg.finetune.steps, cfg.finetune.lr,
+        lam = 0.0 if prior == "none" else cfg.finetune.strength / plain_quadratic(runs["none"], prior,
+                                                                                  curvatures.get(prior))
+        print(f"-- LoRA + {prior} (lam={lam:.4g})")
+        run_cfg = finetune_config(cfg, corpora, "lora", prior, lam, cfg.finetune.steps, cfg.finetune.lr,
                                   cfg.finetune.batch_size, checkpoint, curvatures.get(prior))
         summary = finetune(run_cfg, run_dir)
         print(f"   {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['last']['loss']:.3f}, "
               f"prior term {summary['last']['prior']:.4g}")
     return runs
+
+
+def plain_quadratic(plain_run: Path, prior: str, curvature: Path | None) -> float:
+    """q(dW) of a prior (lam = 1) at the adapter of the plain-LoRA run."""
+    model, _, _ = load_run(plain_run)
+    curv = Curvature.load(curvature, model) if curvature else None
+    return float(LaplacePrior(curv, lam=1.0, method=prior).penalty(model))
 
 
 def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: dict[str, Path],
@@ -178,14 +192,16 @@ def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: 
     heldout = split_per_speaker(read_libritts(corpora["libritts"]).utterances, test=2, seed=cfg.seed).test
     losses_path = out / "evaluation" / "heldout_loss.json"
     losses = json.loads(losses_path.read_text()) if losses_path.is_file() else {}
-    synthesizers = styletts2_loader(cfg.device, seed=cfg.seed, phoneme_cache=out / "phonemes.json")
+    synthesizers = styletts2_loader(cfg.device, inference={"max_token_frames": cfg.evaluate.max_token_frames},
+                                    seed=cfg.seed, phoneme_cache=out / "phonemes.json")
 
     def load(system):
         speech = synthesizers(system)
         key = f"{system.name}:{system.fingerprint()}"
         if key not in losses:
             losses[key] = heldout_loss(speech.synthesizer.model, speech.synthesizer.config, heldout,
-                                       terms=list(cfg.evaluate.heldout_terms), phonemizer=phonemizer, seed=cfg.seed)
+                                       terms=list(cfg.evaluate.heldout_terms), phonemizer=phonemizer, seed=cfg.seed,
+                                       max_frames=cfg.max_frames)
             save_json(losses, losses_path)
         return speech
 
@@ -222,7 +238,7 @@ def report(table: list[dict], out: Path, started: float) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
     writer.writeheader()
     writer.writerows(table)
-    atomic_write(out / "demo_results.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    write_text(out / "demo_results.csv", buffer.getvalue())
     plot_forgetting(table, out / "forgetting.png")
     print("\nforgetting = held-out pre-training loss minus the pre-trained model's (lower is better); SIM = "
           "resemblyzer cosine similarity of cloned speech to real speech of that speaker.")

@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     started = time.time()
     curvature = estimate_styletts2_curvature(
         model, config, corpus.utterances, method=cfg.method, fisher=cfg.fisher, kfac_approx=cfg.kfac_approx,
-        terms=list(cfg.terms), batch_size=cfg.batch_size, mc_samples=cfg.mc_samples,
+        terms=list(cfg.terms), batch_size=cfg.batch_size, mc_samples=cfg.mc_samples, max_frames=cfg.max_frames,
         phonemizer=Phonemizer(cache), trim_db=cfg.libritts.trim_db, seed=cfg.seed,
         description=f"LibriTTS {list(cfg.libritts.subsets)} {len(corpus.utterances)} utterances at {root}")
     seconds = time.time() - started

@@ -55,7 +55,7 @@ def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
     out = tmp_path / "eval"
     args = [f"systems.runs=[{tmp_path / 'multirun'}]", "target_utterances=1", "unseen.speakers=[p225]",
             "unseen.utterances=1", "asr.backend=none", f"hydra.run.dir={out}", "progress=false",
-            "cpu_threads=1"]
+            "cpu_threads=1", "+inference.max_token_frames=4"]
     first = _evaluate(args)
     assert "speaker similarity backend: resemblyzer" in first.stdout
     assert "ASR: skipped: ASR disabled" in first.stdout

@@ -6,9 +6,10 @@ import soundfile as sf
 import torch
 from tiny_model import tiny_model
 
+from tts_bpeft.io import write_audio
 from tts_bpeft.layers import layer_kind
 from tts_bpeft.styletts2.presets import PRESETS, preset_plan
-from tts_bpeft.styletts2.synthesize import InferenceSettings, Synthesizer, write_wav
+from tts_bpeft.styletts2.synthesize import InferenceSettings, Synthesizer
 
 
 def layers_of(model, names):
@@ -80,7 +81,7 @@ def test_synthesis_is_deterministic_capped_and_written_as_24khz_wav(reference_wa
     assert not np.array_equal(a, other_seed)
     style = capped.reference_style(reference_wav)
     assert style.shape == (1, 2 * 16) and capped.reference_style(reference_wav) is style  # cached per file
-    path = write_wav(tmp_path / "out.wav", a)
+    path = write_audio(tmp_path / "out.wav", a, 24000)
     read, rate = sf.read(path)
     assert rate == 24000 and read.shape == a.shape
 

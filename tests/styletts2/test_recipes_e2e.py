@@ -45,7 +45,7 @@ def workdir(tmp_path_factory, vctk_root, libritts_root):
     for method in ("kfac", "ewc"):
         recipe("estimate_curvature.py", f"libritts.root={libritts_root}", "libritts.utterances=2", f"method={method}",
                f"output={work / f'curvature_{method}.safetensors'}", f"hydra.run.dir={work / ('curv_' + method)}",
-               "terms=[f0,norm,dur,ce]", cwd=work)
+               "max_frames=84", cwd=work)
     return work
 
 

@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tts_bpeft.eval.audio import load_mono
-from tts_bpeft.eval.files import write_json
 from tts_bpeft.eval.text_norm import normalizer
+from tts_bpeft.io import save_json
 
 SAMPLE_RATE = 16000
 WHISPER_HUB_ID = "openai/whisper-tiny.en"
@@ -215,7 +215,7 @@ class IntelligibilityResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON, atomically."""
-        return write_json(path, self.to_dict())
+        return save_json(self.to_dict(), path)
 
 
 def transcribe_files(asr: AsrBackend, paths: Sequence[str | Path], progress: bool = True) -> list[str]:

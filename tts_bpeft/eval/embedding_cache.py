@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tts_bpeft.eval.files import atomic_write
+from tts_bpeft.io import atomic_write
 
 
 class EmbeddingCache:

@@ -24,8 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from tts_bpeft.eval.files import atomic_write
 from tts_bpeft.eval.report import pareto_front
+from tts_bpeft.io import atomic_write
 
 LOG_INDEX_COLUMNS = ("step", "epoch", "seconds")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tts_bpeft.eval.files import atomic_write, write_json
+from tts_bpeft.io import save_json, write_text
 
 ROLES = ("target", "unseen")
 RESULT_COLUMNS = (
@@ -217,11 +217,6 @@ def csv_text(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> st
     return buffer.getvalue()
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write UTF-8 text to ``path`` atomically."""
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
 def write_results(
     out_dir: str | Path,
     rows: Sequence[Mapping[str, Any]],
@@ -238,11 +233,11 @@ def write_results(
     out_dir = Path(out_dir)
     files = {
         "results_csv": write_text(out_dir / "results.csv", csv_text(rows, RESULT_COLUMNS)),
-        "results_json": write_json(out_dir / "results.json", {
+        "results_json": save_json({
             **{k: _json_value(v) for k, v in meta.items()},
             "summary": [{k: _json_value(v) for k, v in s.items()} for s in summary],
             "rows": [{k: _json_value(v) for k, v in r.items()} for r in rows],
-        }),
+        }, out_dir / "results.json"),
     }
     if utterances:
         files["utterances_csv"] = write_text(out_dir / "utterances.csv", csv_text(utterances, UTTERANCE_COLUMNS))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from tts_bpeft.eval.audio import load_mono
 from tts_bpeft.eval.embedding_cache import EmbeddingCache
-from tts_bpeft.eval.files import write_json
+from tts_bpeft.io import save_json
 
 AudioItem = str | Path | np.ndarray
 ECAPA_HUB_ID = "speechbrain/spkrec-ecapa-voxceleb"
@@ -264,7 +264,7 @@ class SimilarityResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON, atomically."""
-        return write_json(path, self.to_dict())
+        return save_json(self.to_dict(), path)
 
 
 def speaker_similarity(

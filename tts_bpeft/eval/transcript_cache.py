@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tts_bpeft.eval.files import write_json
+from tts_bpeft.io import save_json
 
 
 class TranscriptCache:
@@ -41,4 +41,4 @@ class TranscriptCache:
 
     def put(self, audio_path: str | Path, text: str) -> Path:
         """Store the transcript ``text`` of ``audio_path``; returns the cache file."""
-        return write_json(self.entry_path(audio_path), {"audio": str(Path(audio_path).resolve()), "text": text})
+        return save_json({"audio": str(Path(audio_path).resolve()), "text": text}, self.entry_path(audio_path))

@@ -30,17 +30,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import soundfile as sf
 from tqdm.auto import tqdm
 
 from tts_bpeft.eval.asr import SAMPLE_RATE as ASR_SAMPLE_RATE
 from tts_bpeft.eval.asr import AsrBackend, error_rates
 from tts_bpeft.eval.audio import load_mono
-from tts_bpeft.eval.files import atomic_write
 from tts_bpeft.eval.report import aggregate, summarize, write_results
 from tts_bpeft.eval.speaker import SpeakerEncoder, cosine_similarity, embed_audio
 from tts_bpeft.eval.text_norm import normalize_text
 from tts_bpeft.eval.transcript_cache import TranscriptCache
+from tts_bpeft.io import write_audio
 from tts_bpeft.styletts2.data.selection import split_per_speaker
 from tts_bpeft.styletts2.data.vctk import read_vctk
 
@@ -377,8 +376,7 @@ def plan_jobs(systems: Sequence[SystemSpec], test_sets: Sequence[SpeakerTestSet]
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
     """A 16-bit PCM wav of ``wave`` (samples,) clipped to [-1, 1], written atomically."""
-    wave = np.clip(np.asarray(wave, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    return atomic_write(path, lambda handle: sf.write(handle, wave, sample_rate, format="WAV", subtype="PCM_16"))
+    return write_audio(path, np.clip(np.asarray(wave, dtype=np.float32).reshape(-1), -1.0, 1.0), sample_rate)
 
 
 def synthesize_jobs(jobs: Sequence[SynthesisJob], load_synthesizer: SynthesizerLoader, overwrite: bool = False,

@@ -196,8 +196,9 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
     settings = TrainSettings(epochs=optim["epochs"], max_steps=optim.get("max_steps"),
                              grad_accum=optim.get("grad_accum", 1), max_grad_norm=optim.get("max_grad_norm"),
                              checkpoint_every=cfg.get("checkpoint_every", 50), progress=cfg.get("progress", True))
+    buffers = {f"{key}.{name}": b for key, module in model.items() for name, b in module.named_buffers()}
     result = train(trainable, optimizer, batches, step_loss, out_dir, settings,
-                   penalty=(lambda: prior.penalty(model)) if prior is not None else None)
+                   penalty=(lambda: prior.penalty(model)) if prior is not None else None, buffers=buffers)
     if rank != 0:
         return result
     if cfg["system"] == "lora":
@@ -215,13 +216,13 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
 @torch.no_grad()
 def heldout_loss(model: Munch, config: Mapping[str, Any], utterances: Sequence[Utterance],
                  terms: Sequence[str] = LIKELIHOOD_TERMS, phonemizer: Phonemizer | None = None, seed: int = 0,
-                 batch_size: int = 4) -> float:
+                 batch_size: int = 4, max_frames: int | None = None) -> float:
     """Mean per-utterance generator loss (the chosen likelihood terms, eval mode, fixed random draws) on
     `utterances`: on held-out pre-training data, the direct measure of forgetting."""
     for module in model.values():
         module.eval()
     dataset = TTSDataset(list(utterances), phonemizer)
-    objective = GeneratorObjective(model, dict(config), terms=tuple(terms))
+    objective = GeneratorObjective(model, dict(config), terms=tuple(terms), max_frames=max_frames)
     device = objective.device
     total, count = 0.0, 0
     for start in range(0, len(dataset), batch_size):

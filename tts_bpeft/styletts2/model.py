@@ -573,7 +573,7 @@ def save_checkpoint(
         "val_loss": val_loss,
         "epoch": epoch,
     }
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_asr_checkpoint(aligner: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 from munch import Munch
 from styletts2.Modules.diffusion.sampler import ADPM2Sampler, DiffusionSampler, KarrasSchedule
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..io import write_audio
 from .curvature import utterance_seed
-from .data.audio import SAMPLE_RATE, load_audio, mel_spectrogram
+from .data.audio import load_audio, mel_spectrogram
 from .data.text import Phonemizer, tokenize
 from .losses import seeded
 
@@ -42,11 +41,6 @@ class InferenceSettings:
     embedding_scale: float = 1.0
     reference_trim_db: float = 30.0
     max_token_frames: int | None = None  # cap on predicted frames per token (None: uncapped, as the original)
-
-
-def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
-    """A 16-bit PCM wav, written atomically."""
-    return atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, format="WAV", subtype="PCM_16"))
 
 
 class Synthesizer:
@@ -146,6 +140,6 @@ class Synthesizer:
         for text, reference, out in tqdm(jobs, desc="synthesizing", disable=not progress):
             out = Path(out)
             if overwrite or not out.is_file():
-                write_wav(out, self(text, reference, seed=utterance_seed(self.seed, text, Path(reference).name)))
+                write_audio(out, self(text, reference, seed=utterance_seed(self.seed, text, Path(reference).name)))
             written.append(out)
         return written

@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from ..io import atomic_write
+from ..io import write_text
 
 WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -61,11 +61,7 @@ def wikipedia_articles(cache: str | os.PathLike | None = None, min_words: int = 
             if len(clean.split()) >= min_words:
                 articles.append({"title": title, "text": clean})
     if cache is not None:
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for a in articles:
-                    f.write(json.dumps(a) + "\n")
-        atomic_write(cache, write)
+        write_text(cache, "".join(json.dumps(a) + "\n" for a in articles))
     return articles
 
 

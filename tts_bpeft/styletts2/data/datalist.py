@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tts_bpeft.styletts2.data.files import atomic_write_text
+from tts_bpeft.io import write_text
 from tts_bpeft.styletts2.data.records import Utterance
 
 
@@ -59,7 +59,7 @@ def write_datalist(
             raise ValueError(f"{u.path}: speaker {u.speaker!r} has no id in speaker_ids")
         audio = os.path.relpath(u.path, root) if root is not None else u.path
         lines.append(f"{audio}|{u.phonemes}|{int(speaker_ids[u.speaker])}\n")
-    atomic_write_text(path, "".join(lines))
+    write_text(path, "".join(lines))
 
 
 def read_datalist(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[DataListEntry]:

@@ -36,7 +36,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter
 
-from tts_bpeft.styletts2.data.files import atomic_write_audio, atomic_write_text
+from tts_bpeft.io import write_audio, write_text
 from tts_bpeft.styletts2.data.sentences import NUM_SENTENCES, sentence
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def _cached(marker: Path, params: dict) -> SyntheticCorpus | None:
 
 
 def _finish(marker: Path, params: dict, corpus: SyntheticCorpus) -> SyntheticCorpus:
-    atomic_write_text(
+    write_text(
         marker,
         json.dumps(
             {
@@ -290,16 +290,16 @@ def make_libritts(
                 jobs.append((root / subset / speaker / chapter, utt, sentence(texts[k][j]), voice))
         trans: dict[Path, list[str]] = {}
         for folder, utt, text, _ in jobs:
-            atomic_write_text(folder / f"{utt}.normalized.txt", text)
-            atomic_write_text(folder / f"{utt}.original.txt", text)
+            write_text(folder / f"{utt}.normalized.txt", text)
+            write_text(folder / f"{utt}.original.txt", text)
             trans.setdefault(folder, []).append(f"{utt}\t{text}\t{text}\n")
         for folder, lines in trans.items():
-            atomic_write_text(folder / f"{folder.parent.name}_{folder.name}.trans.tsv", "".join(lines))
+            write_text(folder / f"{folder.parent.name}_{folder.name}.trans.tsv", "".join(lines))
 
         def job(folder: Path, utt: str, text: str, voice: Voice) -> Callable[[], float]:
             def run() -> float:
                 wave = _speak(voice, text, LIBRITTS_SAMPLE_RATE)
-                atomic_write_audio(folder / f"{utt}.wav", wave, LIBRITTS_SAMPLE_RATE)
+                write_audio(folder / f"{utt}.wav", wave, LIBRITTS_SAMPLE_RATE)
                 return wave.shape[0] / LIBRITTS_SAMPLE_RATE
 
             return run
@@ -325,7 +325,7 @@ def _write_speakers_tsv(path: Path, ids: Sequence[str], genders: Sequence[str], 
     for speaker, gender in zip(ids, genders, strict=True):
         rows[speaker] = f"{speaker}\t{gender}\t{subset}\tSynthetic Reader {speaker}"
     body = "".join(f"{rows[s]}\n" for s in sorted(rows, key=lambda s: (len(s), s)))
-    atomic_write_text(path, ";READER\tGENDER\tSUBSET\tNAME\n" + body)
+    write_text(path, ";READER\tGENDER\tSUBSET\tNAME\n" + body)
 
 
 def _vctk_row(k: int, speaker: str) -> tuple[str, str, str, str, str]:
@@ -379,7 +379,7 @@ def make_vctk(
             f"{s:<5} {a:<4} {g:<6} {acc:<13} {reg}  {com}".rstrip() + "\n"
             for s, (a, g, acc, reg, com) in zip(ids, rows, strict=True)
         ]
-        atomic_write_text(root / "speaker-info.txt", "".join(lines))
+        write_text(root / "speaker-info.txt", "".join(lines))
         texts = _sentence_indices(len(ids), utterances_per_speaker, distinct_sentences, sentence_offset)
         jobs = []
         for k, (speaker, voice) in enumerate(zip(ids, voices, strict=True)):
@@ -387,16 +387,16 @@ def make_vctk(
                 utt = f"{speaker}_{j + 1:03d}"
                 text = sentence(texts[k][j])
                 if speaker != "p315":
-                    atomic_write_text(root / "txt" / speaker / f"{utt}.txt", text + "\n")
+                    write_text(root / "txt" / speaker / f"{utt}.txt", text + "\n")
                 jobs.append((root / "wav48_silence_trimmed" / speaker, utt, text, voice, speaker != "p280"))
 
         def job(folder: Path, utt: str, text: str, voice: Voice, with_mic2: bool) -> Callable[[], float]:
             def run() -> float:
                 wave = _speak(voice, text, VCTK_SAMPLE_RATE)
-                atomic_write_audio(folder / f"{utt}_mic1.flac", wave, VCTK_SAMPLE_RATE)
+                write_audio(folder / f"{utt}_mic1.flac", wave, VCTK_SAMPLE_RATE)
                 if with_mic2:
                     mic2 = lfilter([0.7 * 0.3], [1.0, -0.7], wave).astype(np.float32)
-                    atomic_write_audio(folder / f"{utt}_mic2.flac", mic2, VCTK_SAMPLE_RATE)
+                    write_audio(folder / f"{utt}_mic2.flac", mic2, VCTK_SAMPLE_RATE)
                 return wave.shape[0] / VCTK_SAMPLE_RATE
 
             return run

@@ -17,7 +17,7 @@ from pathlib import Path
 from styletts2.text_utils import dicts as _SYMBOL_IDS
 from styletts2.text_utils import symbols as _SYMBOLS
 
-from tts_bpeft.styletts2.data.files import atomic_write_text
+from tts_bpeft.io import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,6 @@ class Phonemizer:
         if self.cache_path is None:
             return
         merged = {**self._read_cache(), **self.cache}
-        atomic_write_text(
+        write_text(
             self.cache_path, json.dumps({"key": self._key, "entries": merged}, ensure_ascii=False, indent=0)
         )
