@@ -223,13 +223,13 @@ def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: 
 def report(table: list[dict], out: Path, started: float) -> None:
     stage("results")
     base = table[0]["heldout_loss"]
-    lines = [f"{'system':<12} {'lam':>6} {'target SIM':>11} {'unseen SIM':>11} {'held-out loss':>14} "
+    lines = [f"{'system':<12} {'lam':>8} {'target SIM':>11} {'unseen SIM':>11} {'held-out loss':>14} "
              f"{'forgetting':>11} {'time':>7}"]
     for row in table:
         row["forgetting"] = row["heldout_loss"] - base
-        lam = "-" if row["lam"] is None else f"{row['lam']:g}"
+        lam = "-" if row["lam"] is None else f"{row['lam']:.3g}"
         secs = "-" if row["finetune_seconds"] is None else f"{row['finetune_seconds']:.0f}s"
-        lines.append(f"{row['system']:<12} {lam:>6} {row['target_SIM']:>11.3f} {row['unseen_SIM']:>11.3f} "
+        lines.append(f"{row['system']:<12} {lam:>8} {row['target_SIM']:>11.3f} {row['unseen_SIM']:>11.3f} "
                      f"{row['heldout_loss']:>14.3f} {row['forgetting']:>+11.3f} {secs:>7}")
     text = "\n".join(lines)
     print(text)
