@@ -43,7 +43,7 @@ from tts_bpeft.styletts2.data.libritts import read_libritts
 from tts_bpeft.styletts2.data.selection import split_per_speaker
 from tts_bpeft.styletts2.data.synthetic import Voice, available_voices, make_libritts, make_vctk
 from tts_bpeft.styletts2.data.text import Phonemizer
-from tts_bpeft.styletts2.finetune import build_base, finetune, heldout_loss, load_run
+from tts_bpeft.styletts2.finetune import build_base, finetune, heldout_loss, load_run, target_splits
 from tts_bpeft.styletts2.model import count_parameters, save_checkpoint
 from tts_bpeft.styletts2.presets import add_preset_lora
 
@@ -65,8 +65,9 @@ def choose_voices(pretrain: int, unseen: int) -> tuple[list[Voice], Voice, list[
     if len(espeak) < pretrain or len(voices) < pretrain + 1 + unseen:
         raise RuntimeError(f"the demo needs {pretrain + 1 + unseen} distinct voices, found {voices}: "
                            "install espeak-ng and flite (make system-deps)")
-    pre = espeak[:pretrain]
-    rest = flite + espeak[pretrain:]
+    by_gender = {g: [v for v in espeak if v.gender == g] for g in ("F", "M")}
+    pre = [by_gender["FM"[k % 2]][k // 2] for k in range(pretrain)]  # F, M, F, M, as speakers.tsv says
+    rest = flite + [v for v in espeak if v not in pre]
     target = next((v for v in rest if v.gender == "F"), rest[0])
     others = [v for v in rest if v != target][:unseen]
     return pre, target, others
@@ -190,20 +191,27 @@ def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: 
     systems = [pretrained_system(model_cfg, seed=cfg.seed)]
     systems += [run_system(run_dir, name=f"lora+{prior}") for prior, run_dir in runs.items()]
     heldout = split_per_speaker(read_libritts(corpora["libritts"]).utterances, test=2, seed=cfg.seed).test
+    run_cfg = json.loads((runs["none"] / "run.json").read_text())
+    target_test = target_splits(run_cfg["data"], TARGET, None, cfg.seed)[2]  # never trained on
     losses_path = out / "evaluation" / "heldout_loss.json"
     losses = json.loads(losses_path.read_text()) if losses_path.is_file() else {}
     synthesizers = styletts2_loader(cfg.device, inference={"max_token_frames": cfg.evaluate.max_token_frames},
                                     seed=cfg.seed, phoneme_cache=out / "phonemes.json")
 
-    def load(system):
-        speech = synthesizers(system)
+    built = {}  # a model built for its losses is handed on to synthesis (one build per system)
+    for system in systems:
         key = f"{system.name}:{system.fingerprint()}"
         if key not in losses:
-            losses[key] = heldout_loss(speech.synthesizer.model, speech.synthesizer.config, heldout,
-                                       terms=list(cfg.evaluate.heldout_terms), phonemizer=phonemizer, seed=cfg.seed,
-                                       max_frames=cfg.max_frames)
+            speech = built[system.name] = synthesizers(system)
+            model, config = speech.synthesizer.model, speech.synthesizer.config
+            losses[key] = {name: heldout_loss(model, config, utterances, terms=list(cfg.evaluate.heldout_terms),
+                                              phonemizer=phonemizer, seed=cfg.seed, max_frames=cfg.max_frames)
+                           for name, utterances in (("pretraining", heldout), ("target", target_test))}
             save_json(losses, losses_path)
-        return speech
+            built = {system.name: speech}
+
+    def load(system):
+        return built.pop(system.name, None) or synthesizers(system)
 
     test_sets = build_test_sets(corpora["vctk"], TARGET, corpora["unseen"], cfg.evaluate.unseen_sentences,
                                 TargetSplit.from_runs(systems), cfg.seed)
@@ -215,22 +223,23 @@ def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: 
     for system, summary in zip(systems, result.summary):
         key = f"{system.name}:{system.fingerprint()}"
         table.append({"system": system.name, "prior": system.prior, "lam": system.lam,
+                      "target_loss": losses[key]["target"], "heldout_loss": losses[key]["pretraining"],
                       "target_SIM": summary["target_SIM"], "unseen_SIM": summary["unseen_SIM"],
-                      "heldout_loss": losses.get(key, float("nan")), "finetune_seconds": seconds.get(system.name)})
+                      "finetune_seconds": seconds.get(system.name)})
     return table
 
 
 def report(table: list[dict], out: Path, started: float) -> None:
     stage("results")
     base = table[0]["heldout_loss"]
-    lines = [f"{'system':<12} {'lam':>8} {'target SIM':>11} {'unseen SIM':>11} {'held-out loss':>14} "
-             f"{'forgetting':>11} {'time':>7}"]
+    lines = [f"{'system':<12} {'lam':>8} {'target loss':>12} {'held-out pre-train loss':>24} {'forgetting':>11} "
+             f"{'target SIM':>11} {'unseen SIM':>11} {'time':>6}"]
     for row in table:
         row["forgetting"] = row["heldout_loss"] - base
         lam = "-" if row["lam"] is None else f"{row['lam']:.3g}"
         secs = "-" if row["finetune_seconds"] is None else f"{row['finetune_seconds']:.0f}s"
-        lines.append(f"{row['system']:<12} {lam:>8} {row['target_SIM']:>11.3f} {row['unseen_SIM']:>11.3f} "
-                     f"{row['heldout_loss']:>14.3f} {row['forgetting']:>+11.3f} {secs:>7}")
+        lines.append(f"{row['system']:<12} {lam:>8} {row['target_loss']:>12.3f} {row['heldout_loss']:>24.3f} "
+                     f"{row['forgetting']:>+11.3f} {row['target_SIM']:>11.3f} {row['unseen_SIM']:>11.3f} {secs:>6}")
     text = "\n".join(lines)
     print(text)
     save_json(table, out / "demo_results.json")
@@ -240,7 +249,8 @@ def report(table: list[dict], out: Path, started: float) -> None:
     writer.writerows(table)
     write_text(out / "demo_results.csv", buffer.getvalue())
     plot_forgetting(table, out / "forgetting.png")
-    print("\nforgetting = held-out pre-training loss minus the pre-trained model's (lower is better); SIM = "
+    print("\ntarget loss: generator loss on the target speaker's held-out sentences (lower: better adapted); "
+          "forgetting: held-out pre-training loss minus the pre-trained model's (lower: less forgotten); SIM: "
           "resemblyzer cosine similarity of cloned speech to real speech of that speaker.")
     print("At this toy scale (a ~100M-parameter model pre-trained for minutes on synthetic voices) the audio "
           "is not yet speech and SIM differences are within noise; the held-out loss is the meaningful "
@@ -250,17 +260,17 @@ def report(table: list[dict], out: Path, started: float) -> None:
 
 
 def plot_forgetting(table: list[dict], path: Path) -> Path:
-    """Held-out pre-training loss (forgetting, y) against target-speaker SIM (x), one point per system."""
+    """Held-out pre-training loss (forgetting, y) against the target speaker's held-out loss (x)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 4.5))
     ax = fig.add_subplot()
     for row in table:
-        ax.plot(row["target_SIM"], row["heldout_loss"], "*" if row["system"] == "pretrained" else "o",
+        ax.plot(row["target_loss"], row["heldout_loss"], "*" if row["system"] == "pretrained" else "o",
                 markersize=10)
-        ax.annotate(row["system"], (row["target_SIM"], row["heldout_loss"]), textcoords="offset points",
+        ax.annotate(row["system"], (row["target_loss"], row["heldout_loss"]), textcoords="offset points",
                     xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("target-speaker SIM (higher: better adapted)")
+    ax.set_xlabel("target speaker's held-out loss (lower: better adapted)")
     ax.set_ylabel("held-out pre-training loss (lower: less forgetting)")
     ax.set_title("LoRA adaptation with and without the Laplace prior")
     ax.grid(True, alpha=0.3)

@@ -30,7 +30,7 @@ def test_demo_writes_the_table_plots_and_wavs_then_reuses_its_caches(tmp_path):
     with open(out / "demo_results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["system"] for r in rows] == ["pretrained", "lora+none", "lora+kfac"]
-    assert {"system", "prior", "lam", "target_SIM", "unseen_SIM", "heldout_loss", "forgetting",
+    assert {"system", "prior", "lam", "target_loss", "heldout_loss", "forgetting", "target_SIM", "unseen_SIM",
             "finetune_seconds"} <= set(rows[0])
     assert float(rows[0]["forgetting"]) == 0.0 and float(rows[2]["lam"]) > 0
     for name in ("forgetting.png", "evaluation/tradeoff.png"):
