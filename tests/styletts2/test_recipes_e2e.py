@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tts_bpeft.curvature import Curvature
@@ -37,6 +36,20 @@ def recipe(script: str, *overrides: str, cwd: Path, check: bool = True) -> subpr
 
 def adapter_tensors(run: Path) -> dict:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def assert_same_training(a: dict, b: dict, max_diff: float, share: float = 0.99) -> None:
+    """Two adapters trained the same way, up to floating-point rounding amplified by AdamW: with betas (0, 0.99)
+    a weight moves by ~10 lr g / (|g| + 10 eps) per step, so weights whose gradient is zero up to rounding
+    may move differently. Every weight within `max_diff`, and `share` of them equal to 1e-4 relative."""
+    assert set(a) == set(b)
+    close = total = 0
+    for key in a:
+        diff = (a[key] - b[key]).abs()
+        assert diff.max() <= max_diff, (key, float(diff.max()))
+        close += int((diff <= 1e-7 + 1e-4 * a[key].abs()).sum())
+        total += diff.numel()
+    assert close >= share * total, (close, total)
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +119,8 @@ def test_killed_finetuning_resumes_to_the_same_adapter(workdir, vctk_root):
     proc.wait()
     assert not (killed / "adapter").exists()
     recipe("finetune.py", *common, f"hydra.run.dir={killed}", cwd=workdir)
-    a, b = adapter_tensors(whole), adapter_tensors(killed)
-    assert set(a) == set(b)
-    for key in a:  # equal up to the run-to-run rounding of CPU kernels (the toy loop in tests/core is bit-exact)
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+    # equal up to the rounding of CPU kernels (the toy loop in tests/core resumes bit-exactly)
+    assert_same_training(adapter_tensors(whole), adapter_tensors(killed), max_diff=1e-5)
 
 
 def test_two_processes_share_the_global_batch(workdir, vctk_root):
@@ -125,14 +136,5 @@ def test_two_processes_share_the_global_batch(workdir, vctk_root):
     for p in procs:
         _, err = p.communicate(timeout=1800)
         assert p.returncode == 0, err[-3000:]
-    a, b = adapter_tensors(single), adapter_tensors(ddp)
-    lr = 1e-4
-    close = total = 0
-    for key in a:
-        diff = (a[key] - b[key]).abs()
-        # AdamW's first step moves each weight by ~lr * sign(grad): a gradient that is zero up to rounding may
-        # flip sign between the two reductions, so allow that for a handful of weights and nothing more
-        assert diff.max() <= 2 * lr + 1e-6, key
-        close += int((diff <= 1e-6 + 1e-4 * a[key].abs()).sum())
-        total += diff.numel()
-    assert close >= 0.995 * total
+    # one AdamW step (lr 1e-4): the mean of two per-process gradients rounds differently from one batch's
+    assert_same_training(adapter_tensors(single), adapter_tensors(ddp), max_diff=2e-4)

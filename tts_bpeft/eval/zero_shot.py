@@ -621,8 +621,11 @@ def evaluate_zero_shot(
     }
     files = write_results(out_dir, rows, summary, meta, scores)
     if plots:
-        files["tradeoff_png"] = plot_tradeoff(summary, out_dir / "tradeoff.png")
-        files["speaker_similarity_png"] = plot_speaker_similarity(rows, out_dir / "speaker_similarity.png")
+        try:
+            files["tradeoff_png"] = plot_tradeoff(summary, out_dir / "tradeoff.png")
+            files["speaker_similarity_png"] = plot_speaker_similarity(rows, out_dir / "speaker_similarity.png")
+        except ValueError as error:  # no SIM at all, e.g. no speech detected in any synthesized wav
+            log(f"similarity plots skipped: {error}")
         logs = {s.name: s.run_dir / "log.csv" for s in systems if s.run_dir and (s.run_dir / "log.csv").is_file()}
         if logs:
             files["training_curves_png"] = plot_training_curves(logs, out_dir / "training_curves.png")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..io import write_audio
 from .curvature import utterance_seed
-from .data.audio import load_audio, mel_spectrogram
+from .data.audio import SAMPLE_RATE, load_audio, mel_spectrogram
 from .data.text import Phonemizer, tokenize
 from .losses import seeded
 
@@ -140,6 +140,7 @@ class Synthesizer:
         for text, reference, out in tqdm(jobs, desc="synthesizing", disable=not progress):
             out = Path(out)
             if overwrite or not out.is_file():
-                write_audio(out, self(text, reference, seed=utterance_seed(self.seed, text, Path(reference).name)))
+                wave = self(text, reference, seed=utterance_seed(self.seed, text, Path(reference).name))
+                write_audio(out, wave, SAMPLE_RATE)
             written.append(out)
         return written
