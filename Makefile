@@ -11,7 +11,6 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,eval]'
 	touch $(STAMP)
 
