@@ -38,18 +38,16 @@ def adapter_tensors(run: Path) -> dict:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
-def assert_same_training(a: dict, b: dict, max_diff: float, share: float = 0.99) -> None:
-    """Two adapters trained the same way, up to floating-point rounding amplified by AdamW: with betas (0, 0.99)
-    a weight moves by ~10 lr g / (|g| + 10 eps) per step, so weights whose gradient is zero up to rounding
-    may move differently. Every weight within `max_diff`, and `share` of them equal to 1e-4 relative."""
-    assert set(a) == set(b)
-    close = total = 0
-    for key in a:
-        diff = (a[key] - b[key]).abs()
-        assert diff.max() <= max_diff, (key, float(diff.max()))
-        close += int((diff <= 1e-7 + 1e-4 * a[key].abs()).sum())
-        total += diff.numel()
-    assert close >= share * total, (close, total)
+def assert_same_training(a: dict, b: dict, tolerance: float) -> None:
+    """Two adapters trained the same way, up to floating-point rounding: the relative Frobenius distance of
+    their trained B factors is below `tolerance`. The runs use ``optim.eps=1``: with the reference's eps 1e-9
+    and beta1 0, AdamW moves every weight by ~10 lr sign(g), so gradients that are zero up to rounding would
+    make whole steps differ; with eps 1 a step is ~lr g and rounding stays rounding."""
+    keys = [k for k in a if "lora_B" in k]
+    assert set(a) == set(b) and keys
+    distance = sum(float(((a[k] - b[k]) ** 2).sum()) for k in keys) ** 0.5
+    size = sum(float((a[k] ** 2).sum()) for k in keys) ** 0.5
+    assert size > 0 and distance <= tolerance * size, (distance, size)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +104,7 @@ def test_prior_sweep_synthesis_and_export(workdir, vctk_root):
 
 
 def test_killed_finetuning_resumes_to_the_same_adapter(workdir, vctk_root):
-    common = [f"data.vctk_root={vctk_root}", "optim.max_steps=3", "prior=l2sp", *FAST]
+    common = [f"data.vctk_root={vctk_root}", "optim.max_steps=3", "optim.eps=1.0", "prior=l2sp", *FAST]
     whole = workdir / "whole"
     recipe("finetune.py", *common, f"hydra.run.dir={whole}", cwd=workdir)
     killed = workdir / "killed"
@@ -120,12 +118,13 @@ def test_killed_finetuning_resumes_to_the_same_adapter(workdir, vctk_root):
     assert not (killed / "adapter").exists()
     recipe("finetune.py", *common, f"hydra.run.dir={killed}", cwd=workdir)
     # equal up to the rounding of CPU kernels (the toy loop in tests/core resumes bit-exactly)
-    assert_same_training(adapter_tensors(whole), adapter_tensors(killed), max_diff=1e-5)
+    assert_same_training(adapter_tensors(whole), adapter_tensors(killed), tolerance=1e-4)
 
 
 def test_two_processes_share_the_global_batch(workdir, vctk_root):
     """torchrun-style launch (WORLD_SIZE/RANK env, gloo): 2 x batch 1 equals 1 process x batch 2."""
-    base = [f"data.vctk_root={vctk_root}", "optim.max_steps=1", "prior=l2sp", *FAST[1:], "loss.terms=[f0,norm,dur,ce]"]
+    base = [f"data.vctk_root={vctk_root}", "optim.max_steps=1", "optim.eps=1.0", "prior=l2sp", *FAST[1:],
+            "loss.terms=[f0,norm,dur,ce]"]
     single = workdir / "single"
     recipe("finetune.py", *base, "optim.batch_size=2", f"hydra.run.dir={single}", cwd=workdir)
     ddp = workdir / "ddp"
@@ -137,4 +136,4 @@ def test_two_processes_share_the_global_batch(workdir, vctk_root):
         _, err = p.communicate(timeout=1800)
         assert p.returncode == 0, err[-3000:]
     # one AdamW step (lr 1e-4): the mean of two per-process gradients rounds differently from one batch's
-    assert_same_training(adapter_tensors(single), adapter_tensors(ddp), max_diff=2e-4)
+    assert_same_training(adapter_tensors(single), adapter_tensors(ddp), tolerance=1e-4)
