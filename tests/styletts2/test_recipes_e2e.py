@@ -136,4 +136,7 @@ def test_two_processes_share_the_global_batch(workdir, vctk_root):
         _, err = p.communicate(timeout=1800)
         assert p.returncode == 0, err[-3000:]
     # one AdamW step (lr 1e-4): the mean of two per-process gradients rounds differently from one batch's
-    assert_same_training(adapter_tensors(single), adapter_tensors(ddp), tolerance=1e-4)
+    # measured 1.2e-3: besides rounding, the style encoders' spectral-norm power iteration runs once per
+    # utterance in train mode, so in one process the second utterance sees an updated estimate; a process
+    # that trained on its shard alone (no gradient averaging) would differ by O(1)
+    assert_same_training(adapter_tensors(single), adapter_tensors(ddp), tolerance=5e-3)
