@@ -351,7 +351,7 @@ def make_vctk(
     Args:
         speakers: a count (p901, p902, ...) or VCTK ids; ids this project uses carry their real
             speaker-info row (age, gender, accent, region), others get made-up ones.
-        utterances_per_speaker: utterances pXXX_001 ... per speaker.
+        utterances_per_speaker: utterances p<id>_001 ... per speaker.
         distinct_sentences: every speaker reads different sentences (else all read the same ones).
         sentence_offset: first built-in sentence used.
         workers: synthesizer processes run at once.

@@ -3,8 +3,8 @@
 Layout::
 
     <root>/speaker-info.txt                              ID  AGE  GENDER  ACCENTS  REGION  COMMENTS
-    <root>/txt/pXXX/pXXX_NNN.txt                         one line of text
-    <root>/wav48_silence_trimmed/pXXX/pXXX_NNN_mic1.flac 48 kHz (and _mic2.flac)
+    <root>/txt/p<id>/p<id>_<n>.txt                         one line of text
+    <root>/wav48_silence_trimmed/p<id>/p<id>_<n>_mic1.flac 48 kHz (and _mic2.flac)
 
 Known gaps of the real corpus: p315 has no transcripts (the speaker is skipped and reported), and p280 has
 no mic2 recordings: when mic2 is asked for and a file only exists for the other microphone, that file is
