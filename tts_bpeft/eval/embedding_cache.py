@@ -10,6 +10,16 @@ import numpy as np
 from tts_bpeft.io import atomic_write
 
 
+def cache_entry(root: Path, tag: str, audio_path: str | Path, suffix: str) -> Path:
+    """The cache file of `audio_path` under `root`: a sha256 of `tag`, the absolute path, the modification
+    time (ns) and the size (bytes), so an edited or replaced file gets a new entry."""
+    audio_path = Path(audio_path).resolve()
+    stat = audio_path.stat()
+    key = f"{tag}\0{audio_path}\0{stat.st_mtime_ns}\0{stat.st_size}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return root / digest[:2] / f"{digest}{suffix}"
+
+
 class EmbeddingCache:
     """One ``.npy`` file per (audio file, model) pair under ``root``.
 
@@ -24,11 +34,7 @@ class EmbeddingCache:
 
     def entry_path(self, audio_path: str | Path) -> Path:
         """The cache file that holds (or would hold) the embedding of ``audio_path``."""
-        audio_path = Path(audio_path).resolve()
-        stat = audio_path.stat()
-        key = f"{self.tag}\0{audio_path}\0{stat.st_mtime_ns}\0{stat.st_size}"
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        return self.root / digest[:2] / f"{digest}.npy"
+        return cache_entry(self.root, self.tag, audio_path, ".npy")
 
     def get(self, audio_path: str | Path) -> np.ndarray | None:
         """The cached embedding (D,) of ``audio_path``, or None when absent."""

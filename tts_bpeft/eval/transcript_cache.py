@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from tts_bpeft.eval.embedding_cache import cache_entry
 from tts_bpeft.io import save_json
 
 
@@ -23,11 +23,7 @@ class TranscriptCache:
 
     def entry_path(self, audio_path: str | Path) -> Path:
         """The cache file that holds (or would hold) the transcript of ``audio_path``."""
-        audio_path = Path(audio_path).resolve()
-        stat = audio_path.stat()
-        key = f"{self.tag}\0{audio_path}\0{stat.st_mtime_ns}\0{stat.st_size}"
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        return self.root / digest[:2] / f"{digest}.json"
+        return cache_entry(self.root, self.tag, audio_path, ".json")
 
     def get(self, audio_path: str | Path) -> str | None:
         """The cached transcript of ``audio_path``, or None when absent."""
