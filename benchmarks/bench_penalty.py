@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from tts_bpeft.prior import kfac_quadratic
+from tts_bpeft.prior import Kronecker
 
 
 def spd(n: int, g: torch.Generator) -> torch.Tensor:
@@ -47,10 +47,10 @@ def main() -> None:
         G, A_F = spd(n_out, g), spd(n_in, g)
         B = (0.1 * torch.randn(n_out, r, generator=g)).requires_grad_()
         A = (0.1 * torch.randn(r, n_in, generator=g)).requires_grad_()
-        terms = [{"A": A_F, "G": G}]
+        form = Kronecker([{"A": A_F, "G": G}])
 
-        def low_rank(B=B, A=A, terms=terms):
-            q = kfac_quadratic(B, A, s, terms)
+        def low_rank(B=B, A=A, form=form):
+            q = form(B, A, s)
             q.backward()
             B.grad = A.grad = None
             return q.item()

@@ -1,28 +1,49 @@
 """The Laplace prior on the LoRA weight shift: ``penalty = sum_l lam_l * q_l(dW_l)``, ``dW_l = s B_l A_l``.
 
-=========  =====================================  ===============================================
-method     q(dW)                                  computed as (never forming dW for kfac / l2sp)
-=========  =====================================  ===============================================
-``l2sp``   ``||dW||^2``                           ``s^2 sum((B^T B) * (A A^T))``             (r x r)
-``ewc``    ``sum(F * dW^2)``                      ``sum(F * (s B @ A)^2)``           (F: out x in_flat)
-``kfac``   ``vec(dW)^T (A_F (x) G) vec(dW)``      ``s^2 sum((B^T G B) * (A A_F A^T))``        (r x r)
-           ``= tr(dW^T G dW A_F)``
-=========  =====================================  ===============================================
+Each layer's quadratic ``q(dW) = vec(dW)^T F vec(dW)`` is one of these forms (`A` (r x in_flat) and `B`
+(out x r) are the LoRA factors, ``A_F`` and ``G`` the KFAC factors, row-major vec as in
+`tts_bpeft.curvature.storage`):
 
-``A`` (r x in_flat) and ``B`` (out x r) are the LoRA factors, ``A_F`` and ``G`` the KFAC factors; a
-layer with several Kronecker terms sums them; a factor stored as an eigenbasis ``(Q, lambda)`` enters as
-``X^T Q diag(lambda) Q^T X``. The r x r form costs ``O(r (in^2 + out^2))`` instead of ``O(in * out * ...)``.
+==========  ===================================================  ==========================================
+method      F                                                    q(dW), computed as
+==========  ===================================================  ==========================================
+``l2sp``    ``I``                                                ``s^2 sum((B^T B) * (A A^T))``      (r x r)
+``ewc``     ``diag(d)``                                          ``sum(d * (s B A)^2)``      (d: out x in_flat)
+``kfac``    ``(A_F + a I) (x) (G + g I)``                        ``s^2 sum((B^T G_d B) * (A A_F,d A^T))`` (r x r)
+``ekfac``   ``(Q_A (x) Q_G) diag(S) (Q_A (x) Q_G)^T``            ``sum(S * (Q_G^T (s B A) Q_A)^2)``
+==========  ===================================================  ==========================================
 
-What lam = 1 means: the penalty is the Fisher quadratic of the *mean per-sample* pre-training loss. A
-Laplace posterior from ``N_pre`` pre-training samples, added to a fine-tuning loss averaged over
-``N_ft`` samples, corresponds to ``lam = N_pre / (2 N_ft)``. ``scaling="reference"`` multiplies each KFAC
-layer by ``samples / tokens`` so that factors estimated here match the paper code's (means over batch
-and tokens of a per-sample *mean* loss, batch 1), whose published lam values (1e5-1e6 KFAC, 1e4 EWC)
-can then be reused. The penalty is computed in float32 even under autocast.
+- **Damping** (kfac): ``damping = gamma`` is relative to the mean eigenvalue ``m = tr(A_F) tr(G) / (in out)``
+  of the undamped Kronecker product and split between the factors by the usual pi rule (Martens & Grosse
+  2015): ``a = pi sqrt(gamma m)``, ``g = sqrt(gamma m) / pi``, ``pi^2 = (tr(A_F)/in) / (tr(G)/out)``, i.e.
+  ``a = sqrt(gamma) tr(A_F)/in`` and ``g = sqrt(gamma) tr(G)/out``. A layer with several Kronecker terms damps
+  each with its own split.
+- **Mixing**: ``mix`` adds ``mu`` times a second form rescaled to the main form's mean eigenvalue in each
+  layer: ``q = q_main + mu * (m_main / m_mix) * q_mix`` (``mix="l2sp"``: ``m_mix = 1``; a curvature: its
+  EWC or KFAC form). So ``mu`` is the mixed-in share of the curvature's trace, whatever the layer's scale.
+- **EKFAC** (George et al. 2018): the eigenbases ``Q_A``, ``Q_G`` of the KFAC factors with the diagonal
+  ``S`` re-fitted to the per-sample gradients' second moments in that basis (`estimate_curvature`).
+
+What lam means (``scaling``):
+
+- ``"package"``: q as above; the penalty is the Fisher quadratic of the *mean per-sample* pre-training loss.
+  A Laplace posterior from ``N_pre`` pre-training samples added to a fine-tuning loss averaged over
+  ``N_ft`` samples corresponds to ``lam = N_pre / (2 N_ft)``.
+- ``"reference"``: each KFAC layer times ``samples / tokens`` so that factors estimated here match the paper
+  code's (means over batch and tokens of a per-sample *mean* loss, batch 1); its published lam values
+  (1e5-1e6 KFAC, 1e4 EWC) can then be reused.
+- ``"relative"`` (scale-free): ``sum_l q_l`` divided by ``m_bar * sum_l ||W0_l||^2``, where ``m_bar`` is the
+  mean eigenvalue of the undamped curvature over all adapted weights (``sum_l tr(F_l) / sum_l numel_l``) and
+  ``W0`` the base weights. With ``F = I`` this is ``sum ||dW||^2 / sum ||W0||^2``, the squared relative
+  weight change; the curvature only redistributes that cost over directions (relative importance of layers
+  kept). The same lam then means the same thing for every method, layer type and model size.
+
+The penalty is computed in float32 even under autocast.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -32,43 +53,101 @@ from torch import Tensor, nn
 from .curvature.storage import Curvature
 from .lora.targets import LoraTarget, lora_targets
 
-METHODS = ("l2sp", "ewc", "kfac")
+METHODS = ("l2sp", "ewc", "kfac", "ekfac")
+SCALINGS = ("package", "reference", "relative")
 
 
-def _quadratic(term: dict[str, Tensor], key: str, X: Tensor) -> Tensor:
-    """``X^T M X`` for the factor `key` of a term, stored dense (``M``) or as an eigenbasis."""
+def _sandwich(term: dict[str, Tensor], key: str, X: Tensor, damping: float = 0.0) -> Tensor:
+    """``X^T (M + damping I) X`` for the factor `key` of a term, stored dense (``M``) or as an eigenbasis."""
     if key in term:
-        return X.T @ term[key].to(X) @ X
-    P = term[key + "_vecs"].to(X).T @ X  # (k, r)
-    return P.T @ (term[key + "_vals"].to(X)[:, None] * P)
+        out = X.T @ term[key].to(X) @ X
+    else:
+        P = term[key + "_vecs"].to(X).T @ X  # (k, r)
+        out = P.T @ (term[key + "_vals"].to(X)[:, None] * P)
+    return out + damping * (X.T @ X) if damping else out
 
 
-def kfac_quadratic(B: Tensor, A: Tensor, scale: float, terms: list[dict[str, Tensor]]) -> Tensor:
-    """``sum_terms tr(dW^T G dW A_F)`` for ``dW = scale * B @ A``, in r x r form."""
-    return scale**2 * sum((_quadratic(t, "G", B) * _quadratic(t, "A", A.T)).sum() for t in terms)
+def _trace(term: dict[str, Tensor], key: str) -> float:
+    return float(term[key].trace() if key in term else term[key + "_vals"].sum())
 
 
-def ewc_quadratic(B: Tensor, A: Tensor, scale: float, diag: Tensor) -> Tensor:
-    """``sum(F * dW^2)`` for ``dW = scale * B @ A``."""
-    return (diag.to(B) * (scale * (B @ A)) ** 2).sum()
+class Isotropic:
+    """``q(dW) = ||dW||^2`` (L2-SP), in r x r form."""
+
+    mean_eigenvalue = 1.0
+
+    def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
+        return scale**2 * ((B.T @ B) * (A @ A.T)).sum()
 
 
-def l2_quadratic(B: Tensor, A: Tensor, scale: float) -> Tensor:
-    """``||scale * B @ A||^2`` in r x r form."""
-    return scale**2 * ((B.T @ B) * (A @ A.T)).sum()
+class Diagonal:
+    """``q(dW) = sum(d * dW^2)`` (EWC), ``d`` (out x in_flat)."""
+
+    def __init__(self, diag: Tensor) -> None:
+        self.diag = diag
+        self.mean_eigenvalue = float(diag.mean())
+
+    def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
+        return (self.diag.to(B) * (scale * (B @ A)) ** 2).sum()
+
+
+class Kronecker:
+    """``q(dW) = sum_terms tr(dW^T (G + g I) dW (A_F + a I))`` (KFAC, optionally damped), in r x r form."""
+
+    def __init__(self, terms: list[dict[str, Tensor]], damping: float = 0.0) -> None:
+        self.terms = terms
+        self.damping: list[tuple[float, float]] = []
+        self.mean_eigenvalue = 0.0
+        for term in terms:
+            n_in = term["A"].shape[0] if "A" in term else term["A_vecs"].shape[0]
+            n_out = term["G"].shape[0] if "G" in term else term["G_vecs"].shape[0]
+            mean_a, mean_g = _trace(term, "A") / n_in, _trace(term, "G") / n_out
+            self.mean_eigenvalue += mean_a * mean_g
+            self.damping.append((math.sqrt(damping) * mean_a, math.sqrt(damping) * mean_g))
+
+    def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
+        return scale**2 * sum((_sandwich(t, "G", B, g) * _sandwich(t, "A", A.T, a)).sum()
+                              for t, (a, g) in zip(self.terms, self.damping))
+
+
+class EigenKronecker:
+    """``q(dW) = sum_terms sum(S * (Q_G^T dW Q_A)^2)`` (EKFAC); ``O(out in r)`` like EWC."""
+
+    def __init__(self, terms: list[dict[str, Tensor]]) -> None:
+        self.terms = terms
+        self.mean_eigenvalue = sum(float(t["scales"].mean()) for t in terms)
+
+    def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
+        return sum((t["scales"].to(B) * (scale * (t["G_basis"].to(B).T @ B) @ (A @ t["A_basis"].to(B))) ** 2).sum()
+                   for t in self.terms)
+
+
+def curvature_form(curvature: Curvature, name: str, damping: float = 0.0) -> Isotropic | Diagonal | Kronecker | \
+        EigenKronecker:
+    """The quadratic form of one layer of a curvature estimate (`damping` only for KFAC)."""
+    terms = curvature.terms(name)
+    if curvature.method == "kfac":
+        return Kronecker(terms, damping)
+    if damping:
+        raise ValueError(f"damping applies to KFAC only, not to a {curvature.method} estimate")
+    if curvature.method == "ekfac":
+        return EigenKronecker(terms)
+    return Diagonal(sum(t["diag"] for t in terms))
 
 
 class LaplacePrior:
     """``penalty(model) = sum_l lam_l q_l(dW_l)`` over the model's LoRA targets (see the module docstring).
 
+    `method` defaults to the curvature's method; ``"l2sp"`` needs no curvature. `damping` (KFAC) and
+    `mix` / `mu` (``mix="l2sp"`` or an EWC/KFAC `Curvature`) shape the form; `scaling` sets what lam means.
     `lam_per_layer` maps name patterns (exact, dotted suffix, or full regex) to a lam that replaces the
-    global `lam` for matching layers (first match wins). `method` defaults to the curvature's method;
-    ``"l2sp"`` needs no curvature.
+    global `lam` for matching layers (first match wins).
     """
 
     def __init__(self, curvature: Curvature | None = None, lam: float = 1.0,
                  lam_per_layer: Mapping[str, float] | None = None, method: str | None = None,
-                 adapter_name: str = "default", scaling: str = "package") -> None:
+                 adapter_name: str = "default", scaling: str = "package", damping: float = 0.0,
+                 mix: str | Curvature | None = None, mu: float = 0.0) -> None:
         method = method or (curvature.method if curvature is not None else None)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -76,12 +155,23 @@ class LaplacePrior:
             raise ValueError(f"method {method!r} needs a curvature estimate")
         if curvature is not None and method != "l2sp" and curvature.method != method:
             raise ValueError(f"a {curvature.method} estimate cannot serve a {method} prior")
-        if scaling not in ("package", "reference"):
-            raise ValueError(f"scaling must be 'package' or 'reference', got {scaling!r}")
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        if damping < 0 or mu < 0:
+            raise ValueError(f"damping and mu must be >= 0, got {damping} and {mu}")
+        if damping and method != "kfac":
+            raise ValueError(f"damping applies to the kfac method only, not {method!r}")
+        if mix is not None and not (mix == "l2sp" or isinstance(mix, Curvature)):
+            raise ValueError(f"mix must be 'l2sp' or a Curvature estimate, got {mix!r}")
+        if mu and mix is None:
+            raise ValueError("mu > 0 needs a form to mix in (mix='l2sp' or a Curvature)")
         self.curvature, self.method, self.lam = curvature, method, lam
         self.lam_per_layer = dict(lam_per_layer or {})
         self.adapter_name, self.scaling = adapter_name, scaling
+        self.damping, self.mix, self.mu = damping, mix, mu
         self._targets: dict[int, dict[str, LoraTarget]] = {}
+        self._forms: dict[str, tuple] = {}
+        self._normaliser: dict[int, float] = {}
 
     def layer_lam(self, name: str) -> float:
         """The lam of one layer: the first matching `lam_per_layer` pattern, else the global lam."""
@@ -96,34 +186,63 @@ class LaplacePrior:
             targets = lora_targets(model, self.adapter_name)
             if not targets:
                 raise ValueError(f"the model has no LoRA adapter {self.adapter_name!r} to regularise")
-            if self.method != "l2sp":
-                missing = [n for n in targets if n not in self.curvature.layers]
+            for what, curvature in (("curvature", self.curvature if self.method != "l2sp" else None),
+                                    ("mixed-in curvature", self.mix if isinstance(self.mix, Curvature) else None)):
+                missing = [n for n in targets if curvature is not None and n not in curvature.layers]
                 if missing:
-                    raise ValueError(f"the curvature has no estimate for adapted layers {missing[:10]}")
+                    raise ValueError(f"the {what} has no estimate for adapted layers {missing[:10]}")
             self._targets[key] = targets
         return self._targets[key]
+
+    def forms(self, name: str) -> tuple:
+        """(main form, mixed-in form or None, weight of the mixed-in form) of one layer."""
+        if name not in self._forms:
+            main = Isotropic() if self.method == "l2sp" else curvature_form(self.curvature, name, self.damping)
+            other = None
+            if self.mix is not None and self.mu:
+                other = Isotropic() if self.mix == "l2sp" else curvature_form(self.mix, name)
+            weight = self.mu * main.mean_eigenvalue / other.mean_eigenvalue if other is not None else 0.0
+            self._forms[name] = (main, other, weight)
+        return self._forms[name]
 
     def _layer_scale(self, name: str) -> float:
         if self.scaling == "reference" and self.method == "kfac":
             return self.curvature.samples / self.curvature.layers[name].tokens[0]
         return 1.0
 
+    def normaliser(self, model: nn.Module | Mapping[str, nn.Module]) -> float:
+        """What ``scaling="relative"`` divides by: ``m_bar * sum_l ||W0_l||^2`` (1 for other scalings)."""
+        if self.scaling != "relative":
+            return 1.0
+        key = id(model)
+        if key not in self._normaliser:
+            targets = self._targets_of(model)
+            trace = numel = weight = 0.0
+            for name, target in targets.items():
+                W0 = target.weight().detach().float()
+                trace += self.forms(name)[0].mean_eigenvalue * W0.numel()
+                numel += W0.numel()
+                weight += float((W0**2).sum())
+            if trace <= 0 or weight <= 0:
+                raise ValueError("scaling='relative' needs a curvature with a positive trace and non-zero base weights")
+            self._normaliser[key] = trace / numel * weight
+        return self._normaliser[key]
+
     def layer_penalties(self, model: nn.Module | Mapping[str, nn.Module]) -> dict[str, Tensor]:
-        """q_l(dW_l) of every adapted weight matrix (without lam), float32 scalars."""
+        """q_l(dW_l) of every adapted weight matrix (without lam, with the scaling), float32 scalars."""
         out = {}
+        normaliser = self.normaliser(model)
         for name, target in self._targets_of(model).items():
             B, A, scale = target.factors()
+            main, other, weight = self.forms(name)
             # autocast is switched off for the device the factors live on (a CPU model on a CUDA machine
             # runs under CPU autocast, which disabling "cuda" autocast would leave on)
             with torch.autocast(device_type=B.device.type, enabled=False):
                 B, A = B.float(), A.float()
-                if self.method == "l2sp":
-                    q = l2_quadratic(B, A, scale)
-                elif self.method == "ewc":
-                    q = ewc_quadratic(B, A, scale, self.curvature.factors(name)["diag"])
-                else:
-                    q = kfac_quadratic(B, A, scale, self.curvature.terms(name))
-                out[name] = q * self._layer_scale(name)
+                q = main(B, A, scale)
+                if other is not None:
+                    q = q + weight * other(B, A, scale)
+                out[name] = q * (self._layer_scale(name) / normaliser)
         return out
 
     def penalty(self, model: nn.Module | Mapping[str, nn.Module]) -> Tensor:

@@ -8,53 +8,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from curv_helpers import dense_kfac, lora_delta, randomise_lora
-from torch import nn
+from curv_helpers import dense_kfac, lora_delta
+from prior_helpers import LSTM_WEIGHTS, NAMES, check_against, layers_of, lora_params, squared_error_loss
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
-from torch.nn.utils import weight_norm
 
-from tts_bpeft import Curvature, LaplacePrior, add_lora, estimate_curvature, lora_targets
-
-LSTM_WEIGHTS = ["weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse"]
-NAMES = ["lin", "conv", "convt"] + [f"lstm.{w}" for w in LSTM_WEIGHTS]
-
-
-class AllKinds(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 5)
-        self.conv = weight_norm(nn.Conv1d(5, 4, 3, padding=2, dilation=2))
-        self.convt = nn.ConvTranspose1d(4, 3, 3, stride=2, padding=1, output_padding=1)
-        self.lstm = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
-
-    def forward(self, x):
-        h = torch.tanh(self.conv(torch.tanh(self.lin(x)).transpose(1, 2)))
-        return self.lstm(self.convt(h).transpose(1, 2))[0]
-
-
-def _loss(m, batch):
-    return ((m(batch[0]) - batch[1]) ** 2).sum((1, 2))
-
-
-@pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    with pytest.warns(FutureWarning):
-        model = AllKinds()
-    x = torch.randn(4, 5, 3)
-    y = torch.randn(4, 10, 8)
-    model = add_lora(model, ["lin", "conv", "convt", "lstm"], r=2, alpha=3)
-    randomise_lora(model)
-    batches = [(x[:2], y[:2]), (x[2:], y[2:])]
-    kfac = estimate_curvature(model, batches, _loss, progress=False)
-    ewc = estimate_curvature(model, batches, _loss, method="ewc", progress=False)
-    assert kfac.names == NAMES
-    return model, kfac, ewc, x
-
-
-def _layers(model):
-    return {n: (t.layer, t.param) for n, t in lora_targets(model).items()}
+from tts_bpeft import Curvature, LaplacePrior, estimate_curvature
 
 
 def test_lora_delta_reproduces_every_lora_layer(setup):
@@ -79,41 +38,29 @@ def test_lora_delta_reproduces_every_lora_layer(setup):
         torch.testing.assert_close(model.lstm(seq)[0], functional_call(base, weights, (seq,))[0])
 
 
-def _lora_params(model):
-    return [p for n, p in model.named_parameters() if "lora_" in n]
-
-
-def _check_against(prior_value, dense_value, params):
-    torch.testing.assert_close(prior_value.double(), dense_value.double(), rtol=1e-5, atol=1e-7)
-    g1 = torch.autograd.grad(prior_value, params, retain_graph=True)
-    g2 = torch.autograd.grad(dense_value, params)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-7)
-
-
 def test_kfac_penalty_and_gradients_equal_the_dense_kronecker_form(setup):
     model, kfac, _, _ = setup
     prior = LaplacePrior(kfac, lam=1.0)
     per_layer = prior.layer_penalties(model)
-    layers = _layers(model)
+    layers = layers_of(model)
     for name in NAMES:
         layer, param = layers[name]
         dense = dense_kfac(lora_delta(layer, param), kfac.terms(name))
         assert dense > 1e-4, name
         torch.testing.assert_close(per_layer[name].double(), dense, rtol=1e-5, atol=1e-8)
     total = sum(dense_kfac(lora_delta(*layers[n]), kfac.terms(n)) for n in NAMES)
-    _check_against(LaplacePrior(kfac, lam=2.0).penalty(model), 2.0 * total, _lora_params(model))
+    check_against(LaplacePrior(kfac, lam=2.0).penalty(model), 2.0 * total, lora_params(model))
 
 
 def test_ewc_and_l2sp_equal_their_dense_forms(setup):
     model, _, ewc, _ = setup
-    layers = _layers(model)
+    layers = layers_of(model)
     dense_ewc = sum((ewc.factors(n)["diag"].double() * lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
-    _check_against(LaplacePrior(ewc, lam=1.5).penalty(model), 1.5 * dense_ewc, _lora_params(model))
+    check_against(LaplacePrior(ewc, lam=1.5).penalty(model), 1.5 * dense_ewc, lora_params(model))
     def dense_l2():
         return sum((lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
-    _check_against(LaplacePrior(method="l2sp", lam=0.5).penalty(model), 0.5 * dense_l2(), _lora_params(model))
-    _check_against(LaplacePrior(ewc, method="l2sp").penalty(model), dense_l2(), _lora_params(model))
+    check_against(LaplacePrior(method="l2sp", lam=0.5).penalty(model), 0.5 * dense_l2(), lora_params(model))
+    check_against(LaplacePrior(ewc, method="l2sp").penalty(model), dense_l2(), lora_params(model))
 
 
 def test_compressed_factors(setup):
@@ -123,7 +70,7 @@ def test_compressed_factors(setup):
         torch.testing.assert_close(q, full[name], rtol=1e-4, atol=1e-7)
     rank = 2
     truncated = LaplacePrior(kfac.compress(rank=rank)).layer_penalties(model)
-    layers = _layers(model)
+    layers = layers_of(model)
     differs = 0
     for name in NAMES:
         terms = []
@@ -142,10 +89,10 @@ def test_compressed_factors(setup):
 def test_weighted_sum_penalty_is_the_weighted_sum_of_dense_forms(setup):
     model, kfac, _, x = setup
     y2 = torch.randn(4, 10, 8)
-    other = estimate_curvature(model, [(x.flip(0), y2)], _loss, progress=False)
+    other = estimate_curvature(model, [(x.flip(0), y2)], squared_error_loss, progress=False)
     combined = Curvature.weighted_sum([kfac, other], [0.3, 2.0])
     got = LaplacePrior(combined).layer_penalties(model)
-    layers = _layers(model)
+    layers = layers_of(model)
     for name in NAMES:
         dW = lora_delta(*layers[name])
         expected = 0.3 * dense_kfac(dW, kfac.terms(name)) + 2.0 * dense_kfac(dW, other.terms(name))
@@ -219,7 +166,7 @@ def test_works_on_a_ddp_wrapped_model(setup, tmp_path):
         value = prior.penalty(ddp)
         torch.testing.assert_close(value, expected)
         value.backward()
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in _lora_params(model))
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lora_params(model))
     finally:
         dist.destroy_process_group()
         for p in model.parameters():

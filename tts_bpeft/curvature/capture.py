@@ -16,6 +16,8 @@ loss masks out has exactly zero gradient and is not counted):
   ``G_sum += sum_n g_n g_n^T`` (one reduced position per sample and layer call);
 - EWC: the per-sample gradient ``grad_n = sum_p g a^T`` (summed over all calls of the layer in one backward
   pass) and ``diag_sum += sum_n grad_n ** 2`` once the backward pass is over.
+- EKFAC: as EWC, in the eigenbasis ``(Q_A, Q_G)`` of given KFAC factors: ``a`` and ``g`` are rotated first
+  (``a Q_A``, ``g Q_G``), so ``grad_n`` becomes ``Q_G^T grad_n Q_A`` and ``diag_sum`` its second moments.
 
 Sums are kept in float64; `tts_bpeft.curvature.estimate` turns them into means.
 """
@@ -55,16 +57,20 @@ class CurvatureCapture:
     """Context manager: while active, every targeted layer call that is back-propagated adds statistics.
 
     `targets` maps names to `LoraTarget`s (or plain-layer targets). `method` is ``"kfac"`` or ``"ewc"``,
-    `kfac_approx` ``"expand"`` or ``"reduce"``. Call `begin_backward(batch_size)` before each backward pass
-    and `end_backward()` after it.
+    `kfac_approx` ``"expand"`` or ``"reduce"``; ``"ekfac"`` needs `bases`, a ``(Q_A, Q_G)`` pair per target. Call
+    `begin_backward(batch_size)` before each backward pass and `end_backward()` after it.
     """
 
-    def __init__(self, targets: dict[str, LoraTarget], method: str, kfac_approx: str = "expand") -> None:
-        if method not in ("kfac", "ewc"):
-            raise ValueError(f"method must be 'kfac' or 'ewc', got {method!r}")
+    def __init__(self, targets: dict[str, LoraTarget], method: str, kfac_approx: str = "expand",
+                 bases: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
+        if method not in ("kfac", "ewc", "ekfac"):
+            raise ValueError(f"method must be 'kfac', 'ewc' or 'ekfac', got {method!r}")
         if kfac_approx not in ("expand", "reduce"):
             raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {kfac_approx!r}")
+        if method == "ekfac" and (bases is None or set(bases) != set(targets)):
+            raise ValueError("ekfac needs the KFAC eigenbases (Q_A, Q_G) of every target")
         self.method, self.kfac_approx = method, kfac_approx
+        self.bases = {n: (Q_A.float(), Q_G.float()) for n, (Q_A, Q_G) in (bases or {}).items()}
         self.targets = targets
         self.stats = {name: LayerStatistics(t.kind, tuple(t.weight().shape)) for name, t in targets.items()}
         self._handles: list[RemovableHandle] = []
@@ -147,8 +153,11 @@ class CurvatureCapture:
 
     def _accumulate(self, name: str, a: Tensor, g: Tensor, first: bool) -> None:
         stats = self.stats[name]
-        if self.method == "ewc":
+        if self.method in ("ewc", "ekfac"):
             self._check_samples(name, a)
+            if self.method == "ekfac":
+                Q_A, Q_G = self.bases[name]
+                a, g = a @ Q_A.to(a.device), g @ Q_G.to(g.device)
             grad = torch.einsum("bpo,bpi->boi", g, a)
             stats.per_sample_grad = grad if stats.per_sample_grad is None else stats.per_sample_grad + grad
             return

@@ -141,6 +141,8 @@ def estimate_curvature(
 ) -> Curvature:
     """Estimate the Fisher of ``loss_fn``'s per-sample losses for the targeted weights (see `Curvature`).
 
+    `method` is ``"kfac"``, ``"ewc"`` or ``"ekfac"`` (two passes over `batches`, which must then be re-iterable:
+    KFAC factors with `kfac_approx`, then the per-sample gradients' second moments in their eigenbasis).
     `loss_fn(model, batch)` returns per-sample losses of shape (B,) (empirical Fisher only) or
     `Likelihood` term(s) whose NLLs sum to the per-sample loss (empirical or ``fisher="mc"`` with
     `mc_samples` target draws per sample). Samples in a batch must not interact (no train-mode BatchNorm):
@@ -152,6 +154,8 @@ def estimate_curvature(
     is raised. Each pass is back-propagated with ``backward()`` (reentrant checkpointing needs it), so leaf
     tensors of the batch that require grad receive ``.grad``.
     """
+    if method not in ("kfac", "ewc", "ekfac"):
+        raise ValueError(f"method must be 'kfac', 'ewc' or 'ekfac', got {method!r}")
     if fisher not in ("empirical", "mc"):
         raise ValueError(f"fisher must be 'empirical' or 'mc', got {fisher!r}")
     draws = mc_samples if fisher == "mc" else 1
@@ -159,11 +163,38 @@ def estimate_curvature(
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
     root = as_module(model)
     chosen = _resolve_targets(root, targets, adapter_name)
-    capture = CurvatureCapture(chosen, method, kfac_approx)
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized()
+    kfac = None
+    if method == "ekfac":
+        if iter(batches) is batches:
+            raise TypeError("method='ekfac' passes over the data twice: give a list or a DataLoader, not an iterator")
+        kfac = estimate_curvature(model, batches, loss_fn, "kfac", fisher, kfac_approx, chosen, mc_samples,
+                                  adapter_name, mode, seed, description, distributed, progress)
+        capture = CurvatureCapture(chosen, method, bases={n: kfac_eigenbasis(kfac.factors(n)) for n in chosen})
+    else:
+        capture = CurvatureCapture(chosen, method, kfac_approx)
+    samples = _measure(model, root, chosen, batches, loss_fn, capture, fisher, draws, mode, seed, progress,
+                       distributed)
+    layers = _finish(capture, samples * draws, chosen, kfac)
+    return Curvature(method, fisher, kfac_approx if method != "ewc" else None, layers, samples, draws,
+                     fingerprint(chosen), description)
+
+
+def kfac_eigenbasis(term: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The eigenvectors ``(Q_A, Q_G)`` (columns, float32) of a dense KFAC term's factors."""
+    return tuple(torch.linalg.eigh(term[key].double()).eigenvectors.float().contiguous() for key in ("A", "G"))
+
+
+def _measure(model, root: nn.Module, chosen: Mapping[str, LoraTarget], batches: Iterable[Any], loss_fn,
+             capture: CurvatureCapture, fisher: str, draws: int, mode: str, seed: int, progress: bool,
+             distributed: bool) -> int:
+    """One pass over `batches` with `capture` attached; returns the number of samples (pooled over processes)."""
     samples, generator = 0, None
     total = len(batches) if hasattr(batches, "__len__") else None
     with _measuring_state(root, chosen, mode) as params, capture:
-        for batch in tqdm(batches, total=total, desc=f"curvature ({method}, {fisher})", disable=not progress):
+        for batch in tqdm(batches, total=total, desc=f"curvature ({capture.method}, {fisher})",
+                          disable=not progress):
             real, terms = _per_sample(loss_fn(model, batch))
             if real.dim() != 1:
                 raise ValueError(f"loss_fn must return per-sample losses of shape (B,), got {tuple(real.shape)}")
@@ -185,26 +216,28 @@ def estimate_curvature(
                     p.grad = None
                 capture.end_backward()
             samples += real.shape[0]
-    if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         device = next(iter(params)).device if dist.get_backend() == "nccl" else torch.device("cpu")
         samples = _all_reduce(capture.stats, samples, device)
-    return Curvature(method, fisher, kfac_approx if method == "kfac" else None,
-                     _finish(capture.stats, samples * draws, method, chosen), samples, draws, fingerprint(chosen),
-                     description)
+    return samples
 
 
-def _finish(stats: dict[str, LayerStatistics], draws_total: int, method: str,
-            targets: Mapping[str, LoraTarget]) -> dict[str, LayerCurvature]:
-    """Sums -> means: A over tokens, G and diag over samples x draws (float32)."""
-    layers = {}
-    for name, s in stats.items():
-        if (method == "kfac" and (s.G_sum is None or s.tokens == 0)) or (method == "ewc" and s.diag_sum is None):
+def _finish(capture: CurvatureCapture, draws_total: int, targets: Mapping[str, LoraTarget],
+            kfac: Curvature | None = None) -> dict[str, LayerCurvature]:
+    """Sums -> means: A over tokens, G and diag (EWC) or scales (EKFAC, with `kfac`'s bases and token
+    counts) over samples x draws (float32)."""
+    method, layers = capture.method, {}
+    for name, s in capture.stats.items():
+        if (method == "kfac" and (s.G_sum is None or s.tokens == 0)) or (method != "kfac" and s.diag_sum is None):
             raise ValueError(f"layer {name!r} received no gradient: is it used by loss_fn's loss?")
+        tokens = s.tokens
         if method == "kfac":
             term = {"A": (s.A_sum / s.tokens).float(), "G": (s.G_sum / draws_total).float()}
-        else:
+        elif method == "ewc":
             term = {"diag": (s.diag_sum / draws_total).float()}
-        layers[name] = LayerCurvature(s.kind, s.shape, [term], [s.tokens], layer_fingerprint(targets[name]))
+        else:
+            Q_A, Q_G = capture.bases[name]
+            term = {"A_basis": Q_A, "G_basis": Q_G, "scales": (s.diag_sum / draws_total).float()}
+            tokens = kfac.layers[name].tokens[0]
+        layers[name] = LayerCurvature(s.kind, s.shape, [term], [tokens], layer_fingerprint(targets[name]))
     return layers

@@ -9,6 +9,10 @@ model, averaged over the draws). Per layer, in the matrix view ``W (out, in_flat
   `tts_bpeft.curvature.capture` for the sums of the ``expand`` and ``reduce`` variants. Then
   ``vec(dW)^T F vec(dW) = tr(dW^T G dW A)``.
 - ``ewc``: ``diag`` (out x in_flat) = ``1/N sum_n grad_n ** 2`` with per-sample gradients ``grad_n``.
+- ``ekfac`` (George et al. 2018): the eigenvectors ``A_basis`` = ``Q_A`` (in_flat x in_flat) and ``G_basis`` =
+  ``Q_G`` (out x out) of a KFAC estimate's factors, and ``scales`` (out x in_flat) =
+  ``1/N sum_n (Q_G^T grad_n Q_A) ** 2``; ``F ~= (Q_A (x) Q_G) diag(vec(scales)) (Q_A (x) Q_G)^T``. The
+  scales are the exact Fisher diagonal in that basis, so ``sum(scales) = tr(F) = sum(ewc diag)``.
 
 A layer holds a list of *terms* (their sum is the curvature): one after estimation; `weighted_sum` of KFAC
 estimates keeps one Kronecker term per estimate, since a sum of Kronecker products is not one. A factor is
@@ -68,9 +72,11 @@ def layer_fingerprint(target: LoraTarget) -> str:
 def _check_factor(where: str, key: str, value: Tensor, size: int) -> None:
     if not torch.isfinite(value).all():
         raise ValueError(f"{where}: factor {key} has NaN or Inf values")
-    if key in ("A", "G"):
+    if key in ("A", "G", "A_basis", "G_basis"):
         if value.shape != (size, size):
             raise ValueError(f"{where}: factor {key} has shape {tuple(value.shape)}, expected ({size}, {size})")
+        if key.endswith("_basis"):
+            return
         asym = (value - value.T).abs().max().item()
         if asym > 1e-4 * max(value.abs().max().item(), 1e-30):
             raise ValueError(f"{where}: factor {key} is not symmetric (max |M - M^T| = {asym:.3g})")
@@ -99,7 +105,8 @@ class Curvature:
         return self.layers[name].terms
 
     def factors(self, name: str) -> dict[str, Tensor]:
-        """The factors of a single-term layer: ``{"A", "G"}`` (kfac) or ``{"diag"}`` (ewc), in the matrix view."""
+        """The factors of a single-term layer: ``{"A", "G"}`` (kfac), ``{"diag"}`` (ewc) or ``{"A_basis",
+        "G_basis", "scales"}`` (ekfac), in the matrix view."""
         terms = self.terms(name)
         if len(terms) != 1:
             raise ValueError(f"layer {name!r} has {len(terms)} Kronecker terms; use terms(name)")
@@ -118,6 +125,9 @@ class Curvature:
     def __add__(self, other: Curvature) -> Curvature:
         """Pool two estimates over the union of their samples (as if estimated on all the data at once)."""
         self._check_compatible(other)
+        if self.method == "ekfac":
+            raise ValueError("EKFAC estimates cannot be pooled (each has its own eigenbasis): pool the KFAC "
+                             "estimates, or estimate EKFAC on all the data at once")
         n1, n2 = self.samples * self.mc_samples, other.samples * other.mc_samples
         layers = {}
         for name, mine in self.layers.items():
@@ -137,7 +147,8 @@ class Curvature:
     @staticmethod
     def weighted_sum(estimates: Sequence[Curvature], weights: Sequence[float]) -> Curvature:
         """``sum_i w_i F_i`` (e.g. the curvature of several earlier tasks). EWC diagonals add up; KFAC keeps
-        one Kronecker term per estimate (``w_i A_i (x) G_i`` stored as ``A_i``, ``w_i G_i``)."""
+        one Kronecker term per estimate (``w_i A_i (x) G_i`` stored as ``A_i``, ``w_i G_i``), EKFAC one
+        eigenbasis term per estimate (scales ``w_i S_i``)."""
         if len(estimates) != len(weights) or not estimates:
             raise ValueError("weighted_sum needs as many weights as estimates, and at least one")
         first = estimates[0]
@@ -154,7 +165,7 @@ class Curvature:
             terms, tokens = [], []
             for e, w in zip(estimates, weights):
                 for term, count in zip(e.layers[name].terms, e.layers[name].tokens):
-                    terms.append({k: (w * v if k in ("G", "G_vals") else v) for k, v in term.items()})
+                    terms.append({k: (w * v if k in ("G", "G_vals", "scales") else v) for k, v in term.items()})
                     tokens.append(count)
             layers[name] = replace(layer, terms=terms, tokens=tokens)
         fingerprints = {e.fingerprint for e in estimates}
@@ -244,8 +255,8 @@ class Curvature:
                 for key, value in term.items():
                     size = n_in if key.startswith("A") else n_out
                     _check_factor(f"{where}, layer {name!r}", key, value, size)
-                    if key == "diag" and tuple(value.shape) != (n_out, n_in):
-                        raise ValueError(f"{where}, layer {name!r}: diag has shape {tuple(value.shape)}, "
+                    if key in ("diag", "scales") and tuple(value.shape) != (n_out, n_in):
+                        raise ValueError(f"{where}, layer {name!r}: {key} has shape {tuple(value.shape)}, "
                                          f"expected {(n_out, n_in)}")
 
     def validate(self, targets: Mapping[str, LoraTarget], allow_fingerprint_mismatch: bool = False,
