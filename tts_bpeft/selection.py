@@ -1,0 +1,148 @@
+"""Choosing the prior's strength (lam, and mu for a mixed prior) for a tolerance instead of guessing it.
+
+The rule. A *trial* fine-tunes with one ``(lam, mu)`` and measures two validation numbers, both lower =
+better: the fine-tuning metric (loss or perplexity on a validation split of the fine-tuning data) and the
+forgetting metric (the same on a held-out slice of pre-training data). Plain LoRA (``lam = 0``) sets the
+budget ``(1 + tolerance) * plain.finetune``; the chosen trial is, among those within the budget, the one
+with the lowest forgetting metric (plain LoRA itself when no prior trial fits).
+
+The search (`select_strength`). For each ``mu``: from ``lam0``, lam is multiplied (or divided) by
+`factor` until the budget is crossed, then the crossing is bisected `steps` times in log space (the
+fine-tuning metric grows with lam). Trials are appended to a JSON log after each fit, so an interrupted
+search resumes without refitting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .io import save_json
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fine-tuning run: its prior strength and its validation metrics (lower = better)."""
+
+    lam: float
+    mu: float
+    finetune: float
+    forgetting: float
+
+
+def within_budget(trial: Trial, plain: Trial, tolerance: float) -> bool:
+    return trial.finetune <= (1.0 + tolerance) * plain.finetune
+
+
+def pick(trials: Sequence[Trial], plain: Trial, tolerance: float) -> Trial:
+    """The trial with the lowest forgetting metric among those within ``(1 + tolerance) * plain.finetune``
+    (`plain` when none is)."""
+    feasible = [t for t in trials if within_budget(t, plain, tolerance)]
+    return min(feasible, key=lambda t: (t.forgetting, -t.lam)) if feasible else plain
+
+
+@dataclass
+class StrengthSelection:
+    """The outcome of `select_strength`: the chosen trial, plain LoRA, and every trial run."""
+
+    chosen: Trial
+    plain: Trial
+    trials: list[Trial]
+    tolerance: float
+
+    def table(self) -> str:
+        """The trials as a markdown table (the chosen one marked)."""
+        budget = (1 + self.tolerance) * self.plain.finetune
+        lines = [f"budget: fine-tuning metric <= {budget:.4g} ({1 + self.tolerance:g} x plain LoRA's "
+                 f"{self.plain.finetune:.4g})", "",
+                 "| lam | mu | fine-tuning metric | forgetting metric | within budget | chosen |",
+                 "|---|---|---|---|---|---|"]
+        for t in [self.plain] + sorted(self.trials, key=lambda t: (t.mu, t.lam)):
+            lines.append(f"| {t.lam:.4g} | {t.mu:g} | {t.finetune:.4g} | {t.forgetting:.4g} | "
+                         f"{'yes' if within_budget(t, self.plain, self.tolerance) else 'no'} | "
+                         f"{'**yes**' if t == self.chosen else ''} |")
+        return "\n".join(lines)
+
+
+class _TrialLog:
+    """Trials by (lam, mu), read from and appended to a JSON file (atomically) when a path is given."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.trials: dict[tuple[float, float], Trial] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                rows = json.loads(self.path.read_text())["trials"]
+                for row in rows:
+                    trial = Trial(**row)
+                    self.trials[(trial.lam, trial.mu)] = trial
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{self.path}: not a trial log written by select_strength ({error})") from error
+
+    def run(self, fit: Callable[[float, float], tuple[float, float]], lam: float, mu: float) -> Trial:
+        key = (float(lam), float(mu))
+        if key not in self.trials:
+            finetune, forgetting = fit(*key)
+            if not (math.isfinite(finetune) and math.isfinite(forgetting)):
+                raise ValueError(f"fit(lam={lam:g}, mu={mu:g}) returned non-finite metrics "
+                                 f"({finetune}, {forgetting})")
+            self.trials[key] = Trial(key[0], key[1], float(finetune), float(forgetting))
+            if self.path is not None:
+                save_json({"trials": [asdict(t) for t in self.trials.values()]}, self.path)
+        return self.trials[key]
+
+
+def select_strength(fit: Callable[[float, float], tuple[float, float]], tolerance: float, lam0: float = 1.0,
+                    mus: Sequence[float] = (0.0,), factor: float = 10.0, steps: int = 3, max_expansions: int = 6,
+                    log: str | os.PathLike | None = None,
+                    report: Callable[[str], None] | None = print) -> StrengthSelection:
+    """Search lam (for each of `mus`) for the least forgetting within `tolerance` (see the module docstring).
+
+    `fit(lam, mu)` fine-tunes with that prior and returns ``(finetune_metric, forgetting_metric)`` on
+    validation data; ``fit(0, 0)`` is plain LoRA. `tolerance` is relative (0.02: at most 2% above plain
+    LoRA's fine-tuning metric). Costs 1 + len(mus) * (about 2 + `steps`) fits; `log` (a JSON path) keeps them.
+    """
+    if tolerance < 0 or lam0 <= 0 or factor <= 1 or steps < 0:
+        raise ValueError(f"need tolerance >= 0, lam0 > 0, factor > 1, steps >= 0 (got {tolerance}, {lam0}, "
+                         f"{factor}, {steps})")
+    trials = _TrialLog(log)
+
+    def run(lam: float, mu: float) -> Trial:
+        trial = trials.run(fit, lam, mu)
+        if report is not None and lam:
+            state = "within" if within_budget(trial, plain, tolerance) else "over"
+            report(f"lam={lam:.4g} mu={mu:g}: fine-tuning {trial.finetune:.4g} ({state} budget), "
+                   f"forgetting {trial.forgetting:.4g}")
+        return trial
+
+    plain = trials.run(fit, 0.0, 0.0)
+    for mu in mus:
+        lam = lam0
+        inside = within_budget(run(lam, mu), plain, tolerance)
+        low, high = (lam, None) if inside else (None, lam)
+        for _ in range(max_expansions):  # bracket the budget crossing
+            if low is not None and high is not None:
+                break
+            lam = lam * factor if inside else lam / factor
+            inside = within_budget(run(lam, mu), plain, tolerance)
+            if inside:
+                low = lam if low is None else max(low, lam)
+            else:
+                high = lam if high is None else min(high, lam)
+        if low is None or high is None:
+            continue  # no crossing within the expansions: the extreme trial is already logged
+        for _ in range(steps):  # bisect in log space
+            lam = math.sqrt(low * high)
+            if within_budget(run(lam, mu), plain, tolerance):
+                low = lam
+            else:
+                high = lam
+    ran = [t for key, t in trials.trials.items() if key != (0.0, 0.0)]
+    selection = StrengthSelection(pick(ran, plain, tolerance), plain, ran, tolerance)
+    if report is not None:
+        report(selection.table())
+    return selection
