@@ -1,40 +1,52 @@
-"""Forgetting benchmark on a small OPT: does a Laplace prior keep what pre-training learned?
+"""Forgetting benchmark on a small OPT: which Laplace prior keeps most of pre-training at a fine-tuning budget?
 
 1. Data (offline, real English, from the gensim wheel's test data): 96 Wikipedia articles (~415k words),
-   split by article into pre-training and held-out sets; the Lee corpus of Australian news (a different
-   domain) for fine-tuning (250 articles) and target evaluation (the 50 Lee test articles).
-2. Pre-training: a byte-level BPE tokenizer trained on the Wikipedia training articles and a randomly
-   initialised OPT (~0.17M parameters) trained as a causal LM on them; both cached in --cache.
-3. Curvature of the pre-training loss on Wikipedia blocks (one 64-token block = one sample; KFAC and EWC,
-   empirical Fisher, as in the paper), for the LoRA targets q_proj and v_proj.
-4. LoRA fine-tuning (r=16, alpha=32) on the news under each prior: none, l2sp, ewc, kfac. For each prior, lam
-   is swept on a grid *relative to that prior's penalty at the unregularised solution*:
-   ``lam = ratio / q(dW_none)`` (so ``ratio`` is the penalty in nats per token the unregularised adapter
-   would pay), which puts the three priors on comparable footing.
-5. Reported per run: news perplexity (the fine-tune metric) and held-out Wikipedia perplexity (forgetting);
-   a JSON file, a markdown table on stdout and a trade-off plot (PNG).
+   split by article into pre-training, validation (6 articles) and test (10 articles) sets; the Lee corpus
+   of Australian news (a different domain): 250 articles to fine-tune on, 50 for validation, and the 50
+   Lee test articles for the test.
+2. Pre-training: a byte-level BPE tokenizer and a randomly initialised OPT (~0.93M parameters) trained as
+   a causal LM on the pre-training articles; cached in --cache.
+3. Curvature of the pre-training loss on Wikipedia blocks (one 64-token block = one sample, empirical
+   Fisher): KFAC (expand), EWC and EKFAC, for the LoRA targets.
+4. LoRA fine-tuning (r=8 on q/v/out/fc1/fc2, 120 steps) on the news under every prior of --priors, each
+   over the lam grid --lams (``scaling="relative"``, so one grid serves every prior), for each of --seeds.
+   Every run is cached as a JSON file: an interrupted benchmark resumes where it stopped.
+5. Per run: news and Wikipedia perplexity on the validation and the test splits. Per prior and budget b
+   (news perplexity <= b x plain LoRA's, same seed), over seeds (mean +- sd):
+   - the *front*: the lowest test Wikipedia perplexity on the piecewise-linear lam path whose test news
+     perplexity is within the budget (what the prior can reach);
+   - the *selected* run: lam (and the prior) chosen on the validation split with `tts_bpeft.selection.pick`
+     for tolerance b - 1, reported on the test split (what a user gets without looking at test data);
+   - the default lam's news-perplexity ratio.
+   A JSON file, markdown tables on stdout and a trade-off plot (PNG) with every front.
 
-Runs in ~10-15 minutes on 2 CPU cores (single-threaded by default: faster when the cores are shared).
-    python benchmarks/forgetting_opt.py                       # everything, cached pre-training
-    python benchmarks/forgetting_opt.py --ratios 0.1 1 10 --out docs
+Runs in ~40 min on 2 CPU cores (2 worker processes, 1 thread each) for the full grid.
+    python benchmarks/forgetting_opt.py                        # everything (cached pre-training, runs)
+    python benchmarks/forgetting_opt.py --priors kfac ewc --seeds 0 --lams 1 10
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
+import multiprocessing
 import random
+import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import OPTForCausalLM
 
 from tts_bpeft import LaplacePrior, add_lora, estimate_curvature
 from tts_bpeft.curvature import Curvature
 from tts_bpeft.io import save_json
+from tts_bpeft.selection import Trial, pick
 from tts_bpeft.text import (
     clm_loss,
     clm_sample_nll,
@@ -50,48 +62,67 @@ from tts_bpeft.text import (
 from tts_bpeft.text.corpora import lee_news, wikipedia_articles
 
 ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = (1.0, 1.02, 1.05, 1.1, 1.2, 1.3)
+# prior name -> LaplacePrior options; "curvature"/"mix" name an estimate of the benchmark
+PRIORS = {
+    "l2sp": {"method": "l2sp"},
+    "ewc": {"curvature": "ewc"},
+    "kfac": {"curvature": "kfac"},
+    "ekfac": {"curvature": "ekfac"},
+    "kfac-damped": {"curvature": "kfac", "damping": "DAMPING"},
+    "kfac+l2sp": {"curvature": "kfac", "mix": "l2sp", "mu": "MU"},
+    "kfac+ewc": {"curvature": "kfac", "mix": "ewc", "mu": "MU"},
+    "ekfac+l2sp": {"curvature": "ekfac", "mix": "l2sp", "mu": "MU"},
+}
+COLORS = {"l2sp": "tab:gray", "ewc": "tab:blue", "kfac": "tab:green", "ekfac": "tab:purple",
+          "kfac-damped": "tab:olive", "kfac+l2sp": "tab:orange", "kfac+ewc": "tab:cyan", "ekfac+l2sp": "tab:red"}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "forgetting_opt")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="where forgetting_opt.{json,png} go")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="fine-tuning processes (1 thread each)")
     p.add_argument("--vocab", type=int, default=1024)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--block", type=int, default=64)
-    p.add_argument("--heldout-articles", type=int, default=10)
-    p.add_argument("--pretrain-steps", type=int, default=700)
+    p.add_argument("--val-articles", type=int, default=6, help="held-out Wikipedia articles for validation")
+    p.add_argument("--test-articles", type=int, default=10, help="held-out Wikipedia articles for the test")
+    p.add_argument("--pretrain-steps", type=int, default=1500)
     p.add_argument("--pretrain-lr", type=float, default=5e-3)
     p.add_argument("--curvature-samples", type=int, default=256)
-    p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"])
-    p.add_argument("--r", type=int, default=16)
-    p.add_argument("--alpha", type=float, default=32)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    p.add_argument("--r", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--train-news", type=int, default=250, help="news articles to fine-tune on")
-    p.add_argument("--eval-tokens", type=int, default=40_000, help="held-out Wikipedia tokens for forgetting")
-    p.add_argument("--methods", nargs="+", default=["l2sp", "ewc", "kfac"])
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 1.0, 10.0])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-news", type=int, default=250, help="news articles to fine-tune on; the rest validate")
+    p.add_argument("--eval-tokens", type=int, default=40_000, help="Wikipedia tokens per evaluation split (at most)")
+    p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=list(PRIORS))
+    p.add_argument("--lams", nargs="+", type=float, default=[0.1, 0.3, 1, 3, 10, 30, 100, 300])
+    p.add_argument("--default-lam", type=float, default=1.0, help="LaplacePrior's default lam (relative scaling)")
+    p.add_argument("--damping", type=float, default=0.1, help="relative damping of kfac-damped")
+    p.add_argument("--mu", type=float, default=0.1, help="mixed-in share of the mixed priors")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
     return p.parse_args()
 
 
 def pretrained(args, wiki_train: list[str]):
-    """The cached tokenizer + pre-trained OPT, built (tokenizer, ~3-5 min of training) if missing."""
-    folder = args.cache / f"opt_v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_seed{args.seed}"
-    if (folder / "model.safetensors").is_file():
+    """The cached tokenizer + pre-trained OPT, built (tokenizer, ~5 min of training) if missing."""
+    folder = args.cache / f"opt_v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_seed0"
+    if (folder / "pretrain.json").is_file():
         print(f"pre-trained model from cache: {folder}")
         return load_tokenizer(folder), load_causal_lm(folder), json.loads((folder / "pretrain.json").read_text())
     tokenizer = train_bpe_tokenizer(wiki_train, vocab_size=args.vocab)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(0)
     config = tiny_opt_config(len(tokenizer), hidden_size=args.hidden, num_layers=args.layers,
                              num_heads=4, ffn_dim=4 * args.hidden, max_positions=args.block + 2)
     model = OPTForCausalLM(config)
     blocks = packed_blocks(tokenizer, wiki_train, args.block)
-    loader = lm_loader(blocks, tokenizer.pad_token_id, args.batch, shuffle=True, seed=args.seed)
+    loader = lm_loader(blocks, tokenizer.pad_token_id, args.batch, shuffle=True, seed=0)
     epochs = math.ceil(args.pretrain_steps / len(loader))
     start = time.time()
     history = finetune(model, loader, clm_loss, lr=args.pretrain_lr, epochs=epochs, warmup_ratio=0.05,
@@ -99,91 +130,208 @@ def pretrained(args, wiki_train: list[str]):
     info = {"params": sum(p.numel() for p in model.parameters()), "blocks": len(blocks), "history": history,
             "seconds": time.time() - start}
     tokenizer.save_pretrained(str(folder))
-    model.save_pretrained(str(folder))  # model.safetensors last-but-one; pretrain.json marks completion
-    save_json(info, folder / "pretrain.json")
+    model.save_pretrained(str(folder))
+    save_json(info, folder / "pretrain.json")  # written last: marks a complete folder
     return tokenizer, load_causal_lm(folder), info
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
-    articles = wikipedia_articles(args.cache / "wikipedia.jsonl")
-    order = list(range(len(articles)))
-    random.Random(args.seed).shuffle(order)
-    held = [articles[i]["text"] for i in order[:args.heldout_articles]]
-    wiki_train = [articles[i]["text"] for i in order[args.heldout_articles:]]
-    news, news_test = lee_news()
-    news_train = news[:args.train_news]
+class Bench:
+    """Data, pre-trained model and curvature estimates shared by every run (built once, inherited by workers)."""
 
-    tokenizer, base, info = pretrained(args, wiki_train)
-    pad = tokenizer.pad_token_id
-    wiki_eval = packed_blocks(tokenizer, held, args.block)[: args.eval_tokens // args.block]
-    news_eval = packed_blocks(tokenizer, news_test, args.block)
-    news_blocks = packed_blocks(tokenizer, news_train, args.block)
+    def __init__(self, args) -> None:
+        self.args = args
+        articles = wikipedia_articles(args.cache / "wikipedia.jsonl")
+        order = list(range(len(articles)))
+        random.Random(0).shuffle(order)
+        held = args.val_articles + args.test_articles
+        wiki_val = [articles[i]["text"] for i in order[:args.val_articles]]
+        wiki_test = [articles[i]["text"] for i in order[args.val_articles:held]]
+        wiki_train = [articles[i]["text"] for i in order[held:]]
+        news, news_test = lee_news()
+        self.tokenizer, self.base, self.info = pretrained(args, wiki_train)
+        tok, block, pad = self.tokenizer, args.block, self.tokenizer.pad_token_id
+        limit = args.eval_tokens // block
+        self.eval_sets = {"news_val": packed_blocks(tok, news[args.train_news:], block),
+                          "news_test": packed_blocks(tok, news_test, block),
+                          "wiki_val": packed_blocks(tok, wiki_val, block)[:limit],
+                          "wiki_test": packed_blocks(tok, wiki_test, block)[:limit]}
+        self.news_blocks = packed_blocks(tok, news[:args.train_news], block)
+        self.pad = pad
+        g = torch.Generator().manual_seed(0)
+        pre_blocks = packed_blocks(tok, wiki_train, block)
+        sample = pre_blocks[torch.randperm(pre_blocks.shape[0], generator=g)[: args.curvature_samples]]
+        self.curvatures: dict[str, Curvature] = {}
+        self.curvature_seconds: dict[str, float] = {}
+        for method in ("kfac", "ewc", "ekfac"):
+            path = args.cache / f"curvature_{method}_{self.model_key()}.safetensors"
+            if path.is_file():
+                self.curvatures[method] = Curvature.load(path)
+                continue
+            start = time.time()
+            self.curvatures[method] = estimate_curvature(
+                self.base, lm_loader(sample, pad, 8), clm_sample_nll, method=method, targets=args.targets,
+                description=f"{len(sample)} wikipedia blocks")
+            self.curvature_seconds[method] = time.time() - start
+            self.curvatures[method].save(path)
 
-    def evaluate(model) -> dict[str, float]:
-        return {"news_ppl": perplexity(model, lm_loader(news_eval, pad, 32), desc="news ppl")["perplexity"],
-                "wiki_ppl": perplexity(model, lm_loader(wiki_eval, pad, 32), desc="wiki ppl")["perplexity"]}
+    def model_key(self) -> str:
+        a = self.args
+        return f"v{a.vocab}_h{a.hidden}_l{a.layers}_s{a.pretrain_steps}_n{a.curvature_samples}_" + \
+            hashlib.sha256(" ".join(a.targets).encode()).hexdigest()[:6]
 
-    results = {"pretrained": evaluate(base), "pretrain": {k: v for k, v in info.items() if k != "history"},
-               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "runs": []}
-    print(f"pre-trained: {results['pretrained']}  ({info['params']:,} parameters)")
+    def run_key(self, prior: str, lam: float, seed: int) -> str:
+        a = self.args
+        options = {"prior": prior, "lam": lam, "seed": seed, "r": a.r, "alpha": a.alpha, "lr": a.lr,
+                   "steps": a.steps, "batch": a.batch, "train_news": a.train_news, "eval": a.eval_tokens,
+                   "model": self.model_key(), "damping": a.damping if prior == "kfac-damped" else None,
+                   "mu": a.mu if "+" in prior else None}
+        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
-    # curvature of the pre-training loss: one Wikipedia block = one sample
-    g = torch.Generator().manual_seed(args.seed)
-    pre_blocks = packed_blocks(tokenizer, wiki_train, args.block)
-    sample = pre_blocks[torch.randperm(pre_blocks.shape[0], generator=g)[: args.curvature_samples]]
-    curvatures: dict[str, Curvature] = {}
-    for method in ("ewc", "kfac"):
+    def prior(self, name: str, lam: float) -> LaplacePrior | None:
+        if name == "none":
+            return None
+        spec = dict(PRIORS[name])
+        options = {"lam": lam, "scaling": "relative", "method": spec.pop("method", None)}
+        if "curvature" in spec:
+            options["curvature"] = self.curvatures[spec.pop("curvature")]
+        if "damping" in spec:
+            options["damping"] = self.args.damping
+        if "mix" in spec:
+            mix = spec["mix"]
+            options.update(mix=mix if mix == "l2sp" else self.curvatures[mix], mu=self.args.mu)
+        return LaplacePrior(**options)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {name: perplexity(model, lm_loader(blocks, self.pad, 32), progress=False)["perplexity"]
+                for name, blocks in self.eval_sets.items()}
+
+    def run(self, prior: str, lam: float, seed: int) -> dict:
+        """One fine-tune (cached by its options)."""
+        path = self.args.cache / "runs" / f"{self.run_key(prior, lam, seed)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        model = add_lora(copy.deepcopy(self.base), self.args.targets, r=self.args.r, alpha=self.args.alpha)
+        loader = lm_loader(self.news_blocks, self.pad, self.args.batch, shuffle=True, seed=seed)
         start = time.time()
-        curvatures[method] = estimate_curvature(base, lm_loader(sample, pad, 8), clm_sample_nll, method=method,
-                                                targets=args.targets, description="wikipedia blocks")
-        results[f"curvature_seconds_{method}"] = time.time() - start
-
-    def run(method: str, lam: float, ratio: float | None):
-        torch.manual_seed(args.seed)
-        model = add_lora(copy.deepcopy(base), args.targets, r=args.r, alpha=args.alpha)
-        prior = None if method == "none" else LaplacePrior(curvatures.get(method), lam=lam, method=method)
-        loader = lm_loader(news_blocks, pad, args.batch, shuffle=True, seed=args.seed)
-        start = time.time()
-        history = finetune(model, loader, clm_loss, prior=prior, lr=args.lr, epochs=args.epochs,
-                           desc=f"{method} lam={lam:.3g}")
-        row = {"method": method, "lam": lam, "ratio": ratio, **evaluate(model), "train_loss": history[-1]["task_loss"],
-               "seconds": time.time() - start}
-        row["q"] = {m: float(LaplacePrior(curvatures.get(m), lam=1.0, method=m).penalty(model).detach())
-                    for m in ("l2sp", "ewc", "kfac")}
-        results["runs"].append(row)
-        print(f"{method:>5} lam={lam:<10.4g} news ppl {row['news_ppl']:8.2f}  wiki ppl {row['wiki_ppl']:8.2f}",
-              flush=True)
+        history = finetune(model, loader, clm_loss, prior=self.prior(prior, lam), lr=self.args.lr,
+                           epochs=math.ceil(self.args.steps / len(loader)), max_steps=self.args.steps, seed=seed,
+                           progress=False)
+        row = {"prior": prior, "lam": lam, "seed": seed, **self.evaluate(model),
+               "train_loss": history[-1]["task_loss"], "seconds": time.time() - start}
+        save_json(row, path)
         return row
 
-    free = run("none", 0.0, None)
-    for method in args.methods:
-        for ratio in args.ratios:
-            run(method, ratio / max(free["q"][method], 1e-12), ratio)
+
+_BENCH: Bench | None = None
+
+
+def _run_in_worker(job: tuple[str, float, int]) -> dict:
+    return _BENCH.run(*job)
+
+
+def main() -> None:
+    global _BENCH
+    args = parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    _BENCH = bench = Bench(args)
+    jobs = [("none", 0.0, seed) for seed in args.seeds]
+    jobs += [(prior, lam, seed) for seed in args.seeds for prior in args.priors
+             for lam in sorted(set(args.lams) | {args.default_lam})]
+    rows = []
+    # fork: the workers inherit the data, the model and the curvature estimates
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for row in tqdm(pool.map(_run_in_worker, jobs), total=len(jobs), desc="fine-tunes"):
+            rows.append(row)
+    pretrained_ppl = bench.evaluate(bench.base)
+    results = {"pretrained": pretrained_ppl, "pretrain": {k: v for k, v in bench.info.items() if k != "history"},
+               "curvature_seconds": bench.curvature_seconds,
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "runs": rows}
+    results["summary"] = summarise(rows, args)
     results["seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     save_json(results, args.out / "forgetting_opt.json")
     plot(results, args.out / "forgetting_opt.png")
-    print(table(results))
-    print(f"total {results['seconds']:.0f} s")
+    print(tables(results))
+    print(f"total {results['seconds']:.0f} s ({len(rows)} fine-tunes)")
 
 
-def table(results: dict) -> str:
-    """The results as a markdown table."""
-    pre = results["pretrained"]
-    lines = ["| prior | lam | ratio | news ppl (fine-tune) | held-out wiki ppl (forgetting) |",
-             "|---|---|---|---|---|",
-             f"| pre-trained | - | - | {pre['news_ppl']:.2f} | {pre['wiki_ppl']:.2f} |"]
-    for r in results["runs"]:
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:g}"
-        lines.append(f"| {r['method']} | {r['lam']:.3g} | {ratio} | {r['news_ppl']:.2f} | {r['wiki_ppl']:.2f} |")
-    return "\n".join(lines)
+# -- analysis -----------------------------------------------------------------------------------------
+def front(path: list[tuple[float, float]], budget: float) -> float:
+    """The lowest forgetting on a piecewise-linear path of (news ratio, wiki ppl) points (ordered by lam,
+    starting at plain LoRA's (1, wiki)) whose news ratio is <= budget."""
+    best = math.inf
+    for (x0, y0), (x1, y1) in zip(path, path[1:] + [path[-1]]):
+        for x, y in ((x0, y0), (x1, y1)):
+            if x <= budget:
+                best = min(best, y)
+        if (x0 - budget) * (x1 - budget) < 0:  # the segment crosses the budget
+            best = min(best, y0 + (y1 - y0) * (budget - x0) / (x1 - x0))
+    return best
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(rows: list[dict], args) -> dict:
+    """Per prior: the test front, the validation-selected run and the default lam's ratio, per budget."""
+    plain = {r["seed"]: r for r in rows if r["prior"] == "none"}
+    summary = {}
+    for prior in ["none"] + list(args.priors):
+        fronts, selected, default = {b: [] for b in args.budgets}, {b: [] for b in args.budgets}, []
+        for seed, base in plain.items():
+            runs = sorted((r for r in rows if r["prior"] == prior and r["seed"] == seed), key=lambda r: r["lam"])
+            path = [(1.0, base["wiki_test"])] + [(r["news_test"] / base["news_test"], r["wiki_test"]) for r in runs]
+            trials = {Trial(r["lam"], 0.0, r["news_val"], r["wiki_val"]): r for r in runs}
+            plain_trial = Trial(0.0, 0.0, base["news_val"], base["wiki_val"])
+            for b in args.budgets:
+                fronts[b].append(front(path, b))
+                chosen = pick(list(trials), plain_trial, b - 1)
+                run = trials.get(chosen, base)
+                selected[b].append((run["wiki_test"], run["news_test"] / base["news_test"], run["lam"]))
+            default += [r["news_test"] / base["news_test"] for r in runs if r["lam"] == args.default_lam]
+        summary[prior] = {
+            "front": {str(b): _mean_sd(v) for b, v in fronts.items()},
+            "selected": {str(b): {"wiki_test": _mean_sd([s[0] for s in v]), "news_ratio": _mean_sd([s[1] for s in v]),
+                                  "lams": [s[2] for s in v]} for b, v in selected.items()},
+            "default_news_ratio": _mean_sd(default) if default else None,
+        }
+    return summary
+
+
+def tables(results: dict) -> str:
+    """Markdown: the fronts, the validation-selected runs and the default lam, per prior and budget."""
+    args, summary = results["args"], results["summary"]
+    budgets = [str(b) for b in args["budgets"]]
+    head = "| prior | " + " | ".join(f"{b}x" for b in budgets) + " |"
+    rule = "|---|" + "---|" * len(budgets)
+    out = [f"pre-trained: news test ppl {results['pretrained']['news_test']:.2f}, "
+           f"wiki test ppl {results['pretrained']['wiki_test']:.2f}", "",
+           "Front: lowest held-out (test) Wikipedia perplexity within the news-perplexity budget (mean +- sd "
+           f"over seeds {args['seeds']})", "", head, rule]
+    for prior, s in summary.items():
+        cells = [f"{s['front'][b]['mean']:.1f} +- {s['front'][b]['sd']:.1f}" for b in budgets]
+        out.append(f"| {prior} | " + " | ".join(cells) + " |")
+    out += ["", "Selected on validation (tolerance = budget - 1): test Wikipedia perplexity [test news ratio]", "",
+            head, rule]
+    for prior, s in summary.items():
+        cells = [f"{s['selected'][b]['wiki_test']['mean']:.1f} +- {s['selected'][b]['wiki_test']['sd']:.1f} "
+                 f"[{s['selected'][b]['news_ratio']['mean']:.3f}]" for b in budgets]
+        out.append(f"| {prior} | " + " | ".join(cells) + " |")
+    out += ["", f"Default lam = {args['default_lam']:g} (relative scaling): test news perplexity / plain LoRA's", "",
+            "| prior | news ratio |", "|---|---|"]
+    for prior, s in summary.items():
+        if s["default_news_ratio"]:
+            d = s["default_news_ratio"]
+            out.append(f"| {prior} | {d['mean']:.3f} +- {d['sd']:.3f} |")
+    return "\n".join(out)
 
 
 def plot(results: dict, path: Path) -> None:
-    """Trade-off plot: target (news) perplexity vs held-out Wikipedia perplexity, one line per prior."""
+    """Every prior's front (mean over seeds, +- sd shaded): test Wikipedia perplexity vs news budget."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,24 +339,32 @@ def plot(results: dict, path: Path) -> None:
 
     from tts_bpeft.io import atomic_write
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    pre = results["pretrained"]
-    ax.scatter([pre["news_ppl"]], [pre["wiki_ppl"]], marker="*", s=150, c="k", label="pre-trained")
-    free = [r for r in results["runs"] if r["method"] == "none"]
-    ax.scatter([r["news_ppl"] for r in free], [r["wiki_ppl"] for r in free], marker="x", s=80, c="tab:red",
-               label="LoRA, no prior")
-    for method, color in (("l2sp", "tab:gray"), ("ewc", "tab:blue"), ("kfac", "tab:green")):
-        rows = sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["lam"])
-        if rows:
-            ax.plot([r["news_ppl"] for r in rows], [r["wiki_ppl"] for r in rows], "o-", c=color,
-                    label=f"LoRA + {method}")
-            for r in rows:
-                ax.annotate(f"{r['ratio']:g}", (r["news_ppl"], r["wiki_ppl"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-    ax.set_xlabel("news perplexity (fine-tune target, lower = better)")
-    ax.set_ylabel("held-out Wikipedia perplexity (lower = less forgetting)")
-    ax.set_title("Small OPT: fine-tune quality vs forgetting (labels: lam ratio)")
-    ax.legend(fontsize=8)
+    args, rows = results["args"], results["runs"]
+    plain = {r["seed"]: r for r in rows if r["prior"] == "none"}
+    grid = [1.0 + i * 0.005 for i in range(61)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for prior in args["priors"]:
+        curves = []
+        for seed, base in plain.items():
+            runs = sorted((r for r in rows if r["prior"] == prior and r["seed"] == seed), key=lambda r: r["lam"])
+            path_ = [(1.0, base["wiki_test"])] + [(r["news_test"] / base["news_test"], r["wiki_test"]) for r in runs]
+            curves.append([front(path_, b) for b in grid])
+        mean = [statistics.fmean(c) for c in zip(*curves)]
+        sd = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in zip(*curves)]
+        color = COLORS[prior]
+        for ax in axes:
+            ax.plot(grid, mean, c=color, label=prior)
+            ax.fill_between(grid, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
+                            alpha=0.12)
+    pre = results["pretrained"]["wiki_test"]
+    for ax in axes:
+        ax.axhline(pre, c="k", ls=":", lw=1, label="pre-trained")
+        ax.set_xlabel("news perplexity budget (x plain LoRA, test split)")
+        ax.set_ylabel("held-out Wikipedia perplexity (test; lower = less forgetting)")
+    axes[0].set_title("Fronts over budgets 1.0-1.3x (mean +- sd over seeds)")
+    axes[1].set_xlim(1.0, 1.1)
+    axes[1].set_title("Zoom: 1.0-1.1x")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, format="png"))
     plt.close(fig)

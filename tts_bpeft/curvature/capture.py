@@ -144,17 +144,23 @@ class CurvatureCapture:
             first[0] = False
         output.register_hook(on_gradient)
 
-    def _check_samples(self, name: str, a: Tensor) -> None:
-        if self._batch_size is not None and a.shape[0] != self._batch_size:
-            raise ValueError(f"layer {name!r} saw a leading dimension of {a.shape[0]} but the batch has "
-                             f"{self._batch_size} samples; {self.method}"
-                             f"{'/' + self.kfac_approx if self.method == 'kfac' else ''} needs the sample index "
-                             "first in every targeted layer's input")
+    def _by_sample(self, name: str, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """`a`, `g` with the sample index first. A linear layer called on a flattened batch ((B*T, in): rows
+        sample-major, as transformer MLPs do) is seen as (B*T, 1, in) and is regrouped to (B, T, in)."""
+        B = self._batch_size
+        if B is None or a.shape[0] == B:
+            return a, g
+        if a.shape[1] == 1 and a.shape[0] % B == 0:
+            return a.reshape(B, -1, a.shape[-1]), g.reshape(B, -1, g.shape[-1])
+        raise ValueError(f"layer {name!r} saw a leading dimension of {a.shape[0]} but the batch has "
+                         f"{B} samples; {self.method}"
+                         f"{'/' + self.kfac_approx if self.method == 'kfac' else ''} needs the sample index "
+                         "first in every targeted layer's input (or a sample-major flattened batch)")
 
     def _accumulate(self, name: str, a: Tensor, g: Tensor, first: bool) -> None:
         stats = self.stats[name]
         if self.method in ("ewc", "ekfac"):
-            self._check_samples(name, a)
+            a, g = self._by_sample(name, a, g)
             if self.method == "ekfac":
                 Q_A, Q_G = self.bases[name]
                 a, g = a @ Q_A.to(a.device), g @ Q_G.to(g.device)
@@ -169,7 +175,7 @@ class CurvatureCapture:
             flat = g.reshape(-1, g.shape[-1])
             stats.add("G_sum", flat.T @ flat)
             return
-        self._check_samples(name, a)
+        a, g = self._by_sample(name, a, g)
         if first:
             active = (g != 0).any(-1)
             count = active.sum(1)
