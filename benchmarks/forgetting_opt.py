@@ -1,13 +1,13 @@
 """Forgetting benchmark on a small OPT: which Laplace prior keeps most of pre-training at a fine-tuning budget?
 
 1. Data (offline, real English, from the gensim wheel's test data): 96 Wikipedia articles (~415k words),
-   split by article into pre-training, validation (6 articles) and test (10 articles) sets; the Lee corpus
-   of Australian news (a different domain): 250 articles to fine-tune on, 50 for validation, and the 50
-   Lee test articles for the test.
+   split by article into pre-training, validation (6 articles) and test (10 articles) sets; the 300 Lee
+   background articles of Australian news (a different domain), shuffled: 200 to fine-tune on, 50 for
+   validation, 50 for the test.
 2. Pre-training: a byte-level BPE tokenizer and a randomly initialised OPT (~0.93M parameters) trained as
    a causal LM on the pre-training articles; cached in --cache.
-3. Curvature of the pre-training loss on Wikipedia blocks (one 64-token block = one sample, empirical
-   Fisher): KFAC (expand), EWC and EKFAC, for the LoRA targets.
+3. Curvature of the pre-training loss on Wikipedia blocks (one 64-token block = one sample; Monte-Carlo
+   Fisher by default, --fisher): KFAC (expand), EWC and EKFAC, for the LoRA targets.
 4. LoRA fine-tuning (r=8 on q/v/out/fc1/fc2, 120 steps) on the news under every prior of --priors, each
    over the lam grid --lams (``scaling="relative"``, so one grid serves every prior), for each of --seeds.
    Every run is cached as a JSON file: an interrupted benchmark resumes where it stopped.
@@ -48,8 +48,8 @@ from tts_bpeft.curvature import Curvature
 from tts_bpeft.io import save_json
 from tts_bpeft.selection import Trial, pick
 from tts_bpeft.text import (
+    clm_likelihood,
     clm_loss,
-    clm_sample_nll,
     finetune,
     lm_loader,
     load_causal_lm,
@@ -98,7 +98,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--train-news", type=int, default=250, help="news articles to fine-tune on; the rest validate")
+    p.add_argument("--train-news", type=int, default=200, help="Lee background articles to fine-tune on")
+    p.add_argument("--val-news", type=int, default=50, help="Lee background articles to validate on (the rest test)")
+    p.add_argument("--fisher", default="mc", choices=["mc", "empirical"], help="Fisher of the curvature estimates")
     p.add_argument("--eval-tokens", type=int, default=40_000, help="Wikipedia tokens per evaluation split (at most)")
     p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=list(PRIORS))
     p.add_argument("--lams", nargs="+", type=float, default=[0.1, 0.3, 1, 3, 10, 30, 100, 300])
@@ -147,11 +149,14 @@ class Bench:
         wiki_val = [articles[i]["text"] for i in order[:args.val_articles]]
         wiki_test = [articles[i]["text"] for i in order[args.val_articles:held]]
         wiki_train = [articles[i]["text"] for i in order[held:]]
-        news, news_test = lee_news()
+        news, _ = lee_news()  # the 300 background articles, shuffled: train, validation, test
+        news = [news[i] for i in torch.randperm(len(news), generator=torch.Generator().manual_seed(0)).tolist()]
+        news_val = news[args.train_news:args.train_news + args.val_news]
+        news_test = news[args.train_news + args.val_news:]
         self.tokenizer, self.base, self.info = pretrained(args, wiki_train)
         tok, block, pad = self.tokenizer, args.block, self.tokenizer.pad_token_id
         limit = args.eval_tokens // block
-        self.eval_sets = {"news_val": packed_blocks(tok, news[args.train_news:], block),
+        self.eval_sets = {"news_val": packed_blocks(tok, news_val, block),
                           "news_test": packed_blocks(tok, news_test, block),
                           "wiki_val": packed_blocks(tok, wiki_val, block)[:limit],
                           "wiki_test": packed_blocks(tok, wiki_test, block)[:limit]}
@@ -163,14 +168,14 @@ class Bench:
         self.curvatures: dict[str, Curvature] = {}
         self.curvature_seconds: dict[str, float] = {}
         for method in ("kfac", "ewc", "ekfac"):
-            path = args.cache / f"curvature_{method}_{self.model_key()}.safetensors"
+            path = args.cache / f"curvature_{method}_{args.fisher}_{self.model_key()}.safetensors"
             if path.is_file():
                 self.curvatures[method] = Curvature.load(path)
                 continue
             start = time.time()
             self.curvatures[method] = estimate_curvature(
-                self.base, lm_loader(sample, pad, 8), clm_sample_nll, method=method, targets=args.targets,
-                description=f"{len(sample)} wikipedia blocks")
+                self.base, lm_loader(sample, pad, 8), clm_likelihood, method=method, fisher=args.fisher,
+                targets=args.targets, description=f"{len(sample)} wikipedia blocks, {args.fisher} Fisher")
             self.curvature_seconds[method] = time.time() - start
             self.curvatures[method].save(path)
 
@@ -182,7 +187,8 @@ class Bench:
     def run_key(self, prior: str, lam: float, seed: int) -> str:
         a = self.args
         options = {"prior": prior, "lam": lam, "seed": seed, "r": a.r, "alpha": a.alpha, "lr": a.lr,
-                   "steps": a.steps, "batch": a.batch, "train_news": a.train_news, "eval": a.eval_tokens,
+                   "steps": a.steps, "batch": a.batch, "news": [a.train_news, a.val_news], "eval": a.eval_tokens,
+                   "fisher": a.fisher if prior not in ("none", "l2sp") else None,
                    "model": self.model_key(), "damping": a.damping if prior == "kfac-damped" else None,
                    "mu": a.mu if "+" in prior else None}
         return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,6 +1,6 @@
 """tts_bpeft: Bayesian parameter-efficient fine-tuning (LoRA + a Laplace prior from pre-training curvature).
 
-The core (this package's top level, `lora`, `curvature`, `prior`) knows nothing of any model family;
+The core (this package's top level, `lora`, `curvature`, `prior`, `selection`) knows nothing of any model family;
 `tts_bpeft.styletts2` and `tts_bpeft.text` integrate StyleTTS 2 and OPT on top of it.
 """
 
@@ -25,10 +25,11 @@ from .lora import (  # noqa: E402
     plan_lora,
     save_adapter,
 )
-from .prior import LaplacePrior  # noqa: E402
+from .prior import LaplacePrior, load_prior  # noqa: E402
+from .selection import StrengthSelection, Trial, select_strength  # noqa: E402
 
 __all__ = [
     "Categorical", "Curvature", "Gaussian", "Laplace", "LaplacePrior", "Likelihood", "LoraPlan", "LoraTarget",
-    "__version__", "add_lora", "estimate_curvature", "layer_targets", "load_adapter", "lora_targets",
-    "merged_state_dict", "plan_lora", "save_adapter",
+    "StrengthSelection", "Trial", "__version__", "add_lora", "estimate_curvature", "layer_targets", "load_adapter",
+    "load_prior", "lora_targets", "merged_state_dict", "plan_lora", "save_adapter", "select_strength",
 ]

@@ -44,6 +44,7 @@ The penalty is computed in float32 even under autocast.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 
@@ -250,3 +251,27 @@ class LaplacePrior:
         return sum(self.layer_lam(name) * q for name, q in self.layer_penalties(model).items())
 
     __call__ = penalty
+
+
+def load_prior(model: nn.Module | Mapping[str, nn.Module], kind: str, lam: float = 1.0,
+               curvature: str | os.PathLike | None = None, lam_per_layer: Mapping[str, float] | None = None,
+               scaling: str = "relative", damping: float = 0.0, mix: str | os.PathLike | None = None,
+               mu: float = 0.0, adapter_name: str = "default") -> LaplacePrior | None:
+    """The prior a recipe's configuration describes, curvature files read by path and checked against the
+    model's LoRA targets: ``kind="none"`` -> None; ``"l2sp"`` needs no file; ``"ewc"``, ``"kfac"``,
+    ``"ekfac"`` need `curvature` holding that method. `mix` is ``"l2sp"`` or the path of a second curvature
+    file (EWC, KFAC or EKFAC) mixed in with weight `mu` (see the module docstring)."""
+    if kind == "none":
+        return None
+    if kind not in METHODS:
+        raise ValueError(f"prior kind must be 'none' or one of {METHODS}, got {kind!r}")
+    estimate = None
+    if kind != "l2sp":
+        if not curvature:
+            raise ValueError(f"prior {kind!r} needs a curvature file of the base model (prior.curvature)")
+        estimate = Curvature.load(curvature, model, adapter_name)
+        if estimate.method != kind:
+            raise ValueError(f"{curvature}: holds a {estimate.method} estimate, the prior is {kind!r}")
+    mixed = mix if mix in (None, "l2sp") else Curvature.load(mix, model, adapter_name)
+    return LaplacePrior(estimate, lam=float(lam), lam_per_layer=lam_per_layer, method=kind, adapter_name=adapter_name,
+                        scaling=scaling, damping=float(damping), mix=mixed, mu=float(mu))

@@ -5,7 +5,8 @@
         data.validation_files=[tiny/news_dev.txt] data.block_size=64 prior.curvature=tiny/curvature_kfac.safetensors
 
 Documents are packed into ``data.block_size`` blocks; writes ``<output_dir>/adapter`` and ``finetune.json``
-(target perplexity on the validation text).
+(target perplexity on the validation text; with ``heldout.files``, the perplexity of held-out pre-training
+text too: the forgetting).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def run(cfg: DictConfig) -> dict:
     model.save_pretrained(str(out / "adapter"))
     tokenizer.save_pretrained(str(out / "adapter"))
     metrics = {**corpus_perplexity(model, dev_loader), "history": history, "adapter": str(out / "adapter")}
+    if cfg.get("heldout") and (cfg.heldout.get("files") or cfg.heldout.get("hub")):
+        # forgetting: held-out pre-training text under the fine-tuned model
+        heldout = lm_loader(packed_blocks(tokenizer, documents(cfg.heldout), cfg.heldout.block_size), pad,
+                            cfg.train.eval_batch_size)
+        metrics["heldout_perplexity"] = corpus_perplexity(model, heldout, desc="held-out ppl")["perplexity"]
     if prior is not None:
         metrics["penalty"] = float(prior.penalty(model).detach())
     return finish(cfg, out, metrics, "finetune")

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from tts_bpeft import Curvature, LaplacePrior
+from tts_bpeft import LaplacePrior, load_prior
 from tts_bpeft.io import save_json
 from tts_bpeft.text import load_documents
 
@@ -44,17 +44,16 @@ def documents(data: DictConfig, max_documents: int | None = None, skip_documents
 
 
 def build_prior(cfg: DictConfig, model: Any) -> LaplacePrior | None:
-    """``none`` -> None; ``l2sp`` -> identity precision; ``ewc``/``kfac`` -> the curvature file, checked against
-    the model's LoRA targets and base weights."""
-    method = cfg.method
-    if method == "none":
-        return None
-    if method == "l2sp":
-        return LaplacePrior(None, lam=float(cfg.lam), method="l2sp")
-    curvature = Curvature.load(path(cfg.curvature), model)
-    lam_per_layer = OmegaConf.to_container(cfg.lam_per_layer) if cfg.get("lam_per_layer") else None
-    return LaplacePrior(curvature, lam=float(cfg.lam), lam_per_layer=lam_per_layer, method=method,
-                        scaling=cfg.get("scaling", "package"))
+    """The prior of ``cfg.prior`` (``method``: none | l2sp | ewc | kfac | ekfac), curvature files checked against the
+    model's LoRA targets and base weights; see `tts_bpeft.prior.load_prior`."""
+    options = {k: cfg[k] for k in ("lam", "scaling", "damping", "mu") if cfg.get(k) is not None}
+    if cfg.method not in ("none", "l2sp"):
+        options["curvature"] = path(cfg.curvature)
+    if cfg.get("lam_per_layer"):
+        options["lam_per_layer"] = OmegaConf.to_container(cfg.lam_per_layer)
+    if cfg.get("mix"):
+        options["mix"] = cfg.mix if cfg.mix == "l2sp" else path(cfg.mix)
+    return load_prior(model, cfg.method, **options)
 
 
 def finish(cfg: DictConfig, out_dir: Path, metrics: dict[str, Any], name: str) -> dict[str, Any]:

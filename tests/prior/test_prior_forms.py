@@ -10,6 +10,7 @@ from curv_helpers import dense_kfac, lora_delta
 from prior_helpers import NAMES, check_against, layers_of, lora_params, squared_error_loss
 
 from tts_bpeft import Curvature, LaplacePrior, estimate_curvature, lora_targets
+from tts_bpeft.prior import load_prior
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,22 @@ def test_form_options_are_checked(setup):
         LaplacePrior(kfac, damping=-1.0)
     with pytest.raises(ValueError, match="scaling must be one of"):
         LaplacePrior(kfac, scaling="trace")
+
+
+def test_load_prior_reads_and_checks_the_files(setup, ekfac, tmp_path):
+    model, kfac, ewc, _ = setup
+    kfac_path, ewc_path = kfac.save(tmp_path / "kfac.safetensors"), ewc.save(tmp_path / "ewc.safetensors")
+    assert load_prior(model, "none") is None
+    loaded = load_prior(model, "kfac", lam=2.0, curvature=kfac_path, damping=0.1, mix=ewc_path, mu=0.2)
+    direct = LaplacePrior(kfac, lam=2.0, damping=0.1, mix=ewc, mu=0.2, scaling="relative")
+    torch.testing.assert_close(loaded.penalty(model), direct.penalty(model))
+    torch.testing.assert_close(load_prior(model, "l2sp", scaling="package").penalty(model),
+                               LaplacePrior(method="l2sp", scaling="package").penalty(model))
+    with pytest.raises(ValueError, match=r"ewc.safetensors: holds a ewc estimate, the prior is 'kfac'"):
+        load_prior(model, "kfac", curvature=ewc_path)
+    with pytest.raises(ValueError, match="needs a curvature file"):
+        load_prior(model, "ekfac")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors: no such curvature file"):
+        load_prior(model, "kfac", curvature=tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="prior kind must be"):
+        load_prior(model, "fisher")

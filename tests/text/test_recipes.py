@@ -83,3 +83,29 @@ def test_hydra_command_line(tiny, tmp_path):
                     f"data.files=[{root / 'wiki.jsonl'}]", "data.num_documents=8", "data.block_size=16",
                     "method=ewc", f"output={out}", f"hydra.run.dir={tmp_path / 'hydra'}"], check=True)
     assert json.loads((tmp_path / "c.json").read_text())["metrics"]["samples"] == 8
+
+
+def test_select_strength_recipe(tiny, tmp_path):
+    """The lam search on tiny files: plain LoRA + a bracketed, bisected lam; the chosen run is within the
+    tolerance on validation and its adapter exists; a rerun refits nothing."""
+    root, model = tiny["root"], str(tiny["model"])
+    _run("estimate_curvature", [f"model={model}", f"data.files=[{root / 'wiki.jsonl'}]", "data.num_documents=12",
+                                "data.block_size=32", "batch_size=4", "method=kfac",
+                                f"output={tmp_path / 'curvature_kfac.safetensors'}"])
+    overrides = [f"model={model}", "lora.r=4", "lora.alpha=8", "train.epochs=1", "train.batch_size=8",
+                 "train.lr=3e-2", f"data.files=[{root / 'news_train.txt'}]",
+                 f"data.validation_files=[{root / 'news_dev.txt'}]", "data.block_size=32",
+                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.method=kfac", "prior.damping=0.1",
+                 f"prior.curvature={tmp_path / 'curvature_kfac.safetensors'}", "selection.tolerance=0.01",
+                 "selection.lam0=10", "selection.steps=1", "selection.factor=100", f"output_dir={tmp_path / 'sel'}"]
+    record = _run("select_strength", overrides)["metrics"]
+    chosen, plain = record["chosen"], record["plain"]
+    assert plain["lam"] == 0 and chosen["finetune"] <= 1.01 * plain["finetune"]
+    assert Path(record["adapter"], "adapter_config.json").is_file()
+    trials = json.loads((tmp_path / "sel" / "trials.json").read_text())["trials"]
+    assert len(trials) == 1 + record["trials"] >= 3
+    table = (tmp_path / "sel" / "selection.md").read_text()
+    assert "**yes**" in table and "budget" in table
+    stamp = (tmp_path / "sel" / "lam0_mu0" / "finetune.json").stat().st_mtime_ns
+    again = _run("select_strength", overrides)["metrics"]
+    assert again["chosen"] == chosen and (tmp_path / "sel" / "lam0_mu0" / "finetune.json").stat().st_mtime_ns == stamp

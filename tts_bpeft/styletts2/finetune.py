@@ -30,10 +30,9 @@ from munch import Munch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..curvature import Curvature
 from ..io import save_json, save_safetensors
 from ..lora import load_adapter, merged_state_dict, save_adapter
-from ..prior import LaplacePrior
+from ..prior import LaplacePrior, load_prior
 from ..training import TrainSettings, train
 from .curvature import LIKELIHOOD_TERMS, utterance_seed
 from .data.dataset import TTSDataset, collate
@@ -46,7 +45,6 @@ from .model import GENERATOR_MODULES, TINY_CONFIG, build_styletts2, load_checkpo
 from .presets import PRESETS, add_preset_lora
 
 SYSTEMS = ("lora", "full", "linear")
-PRIORS = ("none", "l2sp", "ewc", "kfac")
 
 
 def _plain(cfg: Any) -> Any:
@@ -113,21 +111,10 @@ def configure_system(model: Munch, cfg: Mapping[str, Any]) -> dict[str, torch.Te
 
 
 def build_prior(model: Munch, prior_cfg: Mapping[str, Any]) -> LaplacePrior | None:
-    """The Laplace prior of a LoRA run (None for ``kind: none``)."""
-    kind = prior_cfg["kind"]
-    if kind not in PRIORS:
-        raise ValueError(f"prior.kind must be one of {PRIORS}, got {kind!r}")
-    if kind == "none":
-        return None
-    curvature = None
-    if kind != "l2sp":
-        if not prior_cfg.get("curvature"):
-            raise ValueError(f"prior {kind!r} needs prior.curvature: the curvature file of the base model")
-        curvature = Curvature.load(prior_cfg["curvature"], model)
-        if curvature.method != kind:
-            raise ValueError(f"{prior_cfg['curvature']}: holds a {curvature.method} estimate, prior is {kind!r}")
-    return LaplacePrior(curvature, lam=float(prior_cfg["lam"]), lam_per_layer=prior_cfg.get("lam_per_layer"),
-                        method=kind, scaling=prior_cfg.get("scaling", "package"))
+    """The Laplace prior of a LoRA run (None for ``kind: none``); see `tts_bpeft.prior.load_prior`."""
+    options = {k: prior_cfg[k] for k in ("lam", "curvature", "lam_per_layer", "scaling", "damping", "mix", "mu")
+               if prior_cfg.get(k) is not None}
+    return load_prior(model, prior_cfg["kind"], **options)
 
 
 def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[Utterance] | None = None
