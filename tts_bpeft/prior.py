@@ -147,7 +147,7 @@ class LaplacePrior:
 
     def __init__(self, curvature: Curvature | None = None, lam: float = 1.0,
                  lam_per_layer: Mapping[str, float] | None = None, method: str | None = None,
-                 adapter_name: str = "default", scaling: str = "package", damping: float = 0.0,
+                 adapter_name: str = "default", scaling: str = "relative", damping: float = 0.0,
                  mix: str | Curvature | None = None, mu: float = 0.0) -> None:
         method = method or (curvature.method if curvature is not None else None)
         if method not in METHODS:

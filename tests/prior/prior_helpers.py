@@ -8,7 +8,7 @@ from curv_helpers import randomise_lora
 from torch import nn
 from torch.nn.utils import weight_norm
 
-from tts_bpeft import add_lora, estimate_curvature, lora_targets
+from tts_bpeft import LaplacePrior, add_lora, estimate_curvature, lora_targets
 
 LSTM_WEIGHTS = ["weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse"]
 NAMES = ["lin", "conv", "convt"] + [f"lstm.{w}" for w in LSTM_WEIGHTS]
@@ -63,3 +63,9 @@ def check_against(prior_value, dense_value, params):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-7)
 
 
+
+
+def package_prior(*args, **kwargs) -> LaplacePrior:
+    """A LaplacePrior with ``scaling="package"``: lam multiplies the Fisher quadratic itself, which is what the
+    dense comparisons check."""
+    return LaplacePrior(*args, scaling="package", **kwargs)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from curv_helpers import dense_kfac, lora_delta
-from prior_helpers import NAMES, check_against, layers_of, lora_params, squared_error_loss
+from prior_helpers import NAMES, check_against, layers_of, lora_params, package_prior, squared_error_loss
 
 from tts_bpeft import Curvature, LaplacePrior, estimate_curvature, lora_targets
 from tts_bpeft.prior import load_prior
@@ -44,10 +44,10 @@ def test_damped_kfac_equals_the_dense_damped_kronecker_product(setup):
                   "G": term["G"].double() + g * torch.eye(term["G"].shape[0], dtype=torch.float64)}
         return dense_kfac(dW, [damped])
 
-    prior = LaplacePrior(kfac, lam=2.0, damping=gamma)
+    prior = package_prior(kfac, lam=2.0, damping=gamma)
     check_against(prior.penalty(model), 2.0 * _dense(dense, model), lora_params(model))
     # damping only adds: every layer pays more than undamped, and gamma=0 is plain KFAC
-    damped, plain = prior.layer_penalties(model), LaplacePrior(kfac, damping=0.0).layer_penalties(model)
+    damped, plain = prior.layer_penalties(model), package_prior(kfac, damping=0.0).layer_penalties(model)
     assert all(damped[n] > plain[n] for n in NAMES)
 
 
@@ -66,11 +66,11 @@ def test_kfac_mixed_with_l2sp_and_with_ewc_equal_their_dense_sums(setup):
         diag = ewc.factors(name)["diag"].double()
         return dense_kfac(dW, kfac.terms(name)) + mu * mean_kfac(name) / diag.mean() * (diag * dW**2).sum()
 
-    check_against(LaplacePrior(kfac, mix="l2sp", mu=mu).penalty(model), _dense(with_l2, model), lora_params(model))
-    check_against(LaplacePrior(kfac, mix=ewc, mu=mu).penalty(model), _dense(with_ewc, model), lora_params(model))
+    check_against(package_prior(kfac, mix="l2sp", mu=mu).penalty(model), _dense(with_l2, model), lora_params(model))
+    check_against(package_prior(kfac, mix=ewc, mu=mu).penalty(model), _dense(with_ewc, model), lora_params(model))
     # mu = 0 with a mix given is the plain prior
-    torch.testing.assert_close(LaplacePrior(kfac, mix="l2sp", mu=0.0).penalty(model),
-                               LaplacePrior(kfac).penalty(model))
+    torch.testing.assert_close(package_prior(kfac, mix="l2sp", mu=0.0).penalty(model),
+                               package_prior(kfac).penalty(model))
 
 
 def test_ekfac_penalty_equals_the_dense_rotated_diagonal(setup, ekfac):
@@ -83,7 +83,7 @@ def test_ekfac_penalty_equals_the_dense_rotated_diagonal(setup, ekfac):
         v = dW.flatten()
         return v @ F @ v
 
-    check_against(LaplacePrior(ekfac, lam=3.0).penalty(model), 3.0 * _dense(dense, model), lora_params(model))
+    check_against(package_prior(ekfac, lam=3.0).penalty(model), 3.0 * _dense(dense, model), lora_params(model))
 
 
 def test_relative_scaling_is_the_fisher_weighted_relative_weight_change(setup):
@@ -148,13 +148,13 @@ def _factors(target):
 def test_form_options_are_checked(setup):
     _, kfac, ewc, _ = setup
     with pytest.raises(ValueError, match="damping applies to the kfac method only"):
-        LaplacePrior(ewc, damping=0.1)
+        package_prior(ewc, damping=0.1)
     with pytest.raises(ValueError, match="needs a form to mix in"):
-        LaplacePrior(kfac, mu=0.1)
+        package_prior(kfac, mu=0.1)
     with pytest.raises(ValueError, match="mix must be 'l2sp' or a Curvature"):
-        LaplacePrior(kfac, mix="ewc", mu=0.1)
+        package_prior(kfac, mix="ewc", mu=0.1)
     with pytest.raises(ValueError, match=">= 0"):
-        LaplacePrior(kfac, damping=-1.0)
+        package_prior(kfac, damping=-1.0)
     with pytest.raises(ValueError, match="scaling must be one of"):
         LaplacePrior(kfac, scaling="trace")
 

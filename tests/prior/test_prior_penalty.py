@@ -9,7 +9,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from curv_helpers import dense_kfac, lora_delta
-from prior_helpers import LSTM_WEIGHTS, NAMES, check_against, layers_of, lora_params, squared_error_loss
+from prior_helpers import (
+    LSTM_WEIGHTS,
+    NAMES,
+    check_against,
+    layers_of,
+    lora_params,
+    package_prior,
+    squared_error_loss,
+)
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,7 +48,7 @@ def test_lora_delta_reproduces_every_lora_layer(setup):
 
 def test_kfac_penalty_and_gradients_equal_the_dense_kronecker_form(setup):
     model, kfac, _, _ = setup
-    prior = LaplacePrior(kfac, lam=1.0)
+    prior = package_prior(kfac, lam=1.0)
     per_layer = prior.layer_penalties(model)
     layers = layers_of(model)
     for name in NAMES:
@@ -49,27 +57,27 @@ def test_kfac_penalty_and_gradients_equal_the_dense_kronecker_form(setup):
         assert dense > 1e-4, name
         torch.testing.assert_close(per_layer[name].double(), dense, rtol=1e-5, atol=1e-8)
     total = sum(dense_kfac(lora_delta(*layers[n]), kfac.terms(n)) for n in NAMES)
-    check_against(LaplacePrior(kfac, lam=2.0).penalty(model), 2.0 * total, lora_params(model))
+    check_against(package_prior(kfac, lam=2.0).penalty(model), 2.0 * total, lora_params(model))
 
 
 def test_ewc_and_l2sp_equal_their_dense_forms(setup):
     model, _, ewc, _ = setup
     layers = layers_of(model)
     dense_ewc = sum((ewc.factors(n)["diag"].double() * lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
-    check_against(LaplacePrior(ewc, lam=1.5).penalty(model), 1.5 * dense_ewc, lora_params(model))
+    check_against(package_prior(ewc, lam=1.5).penalty(model), 1.5 * dense_ewc, lora_params(model))
     def dense_l2():
         return sum((lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
-    check_against(LaplacePrior(method="l2sp", lam=0.5).penalty(model), 0.5 * dense_l2(), lora_params(model))
-    check_against(LaplacePrior(ewc, method="l2sp").penalty(model), dense_l2(), lora_params(model))
+    check_against(package_prior(method="l2sp", lam=0.5).penalty(model), 0.5 * dense_l2(), lora_params(model))
+    check_against(package_prior(ewc, method="l2sp").penalty(model), dense_l2(), lora_params(model))
 
 
 def test_compressed_factors(setup):
     model, kfac, _, _ = setup
-    full = LaplacePrior(kfac).layer_penalties(model)
-    for name, q in LaplacePrior(kfac.compress(rank=1000)).layer_penalties(model).items():
+    full = package_prior(kfac).layer_penalties(model)
+    for name, q in package_prior(kfac.compress(rank=1000)).layer_penalties(model).items():
         torch.testing.assert_close(q, full[name], rtol=1e-4, atol=1e-7)
     rank = 2
-    truncated = LaplacePrior(kfac.compress(rank=rank)).layer_penalties(model)
+    truncated = package_prior(kfac.compress(rank=rank)).layer_penalties(model)
     layers = layers_of(model)
     differs = 0
     for name in NAMES:
@@ -91,7 +99,7 @@ def test_weighted_sum_penalty_is_the_weighted_sum_of_dense_forms(setup):
     y2 = torch.randn(4, 10, 8)
     other = estimate_curvature(model, [(x.flip(0), y2)], squared_error_loss, progress=False)
     combined = Curvature.weighted_sum([kfac, other], [0.3, 2.0])
-    got = LaplacePrior(combined).layer_penalties(model)
+    got = package_prior(combined).layer_penalties(model)
     layers = layers_of(model)
     for name in NAMES:
         dW = lora_delta(*layers[name])
@@ -101,8 +109,8 @@ def test_weighted_sum_penalty_is_the_weighted_sum_of_dense_forms(setup):
 
 def test_per_layer_lam_patterns(setup):
     model, kfac, _, _ = setup
-    q = LaplacePrior(kfac).layer_penalties(model)
-    prior = LaplacePrior(kfac, lam=1.0, lam_per_layer={"conv": 10.0, "weight_hh_l0": 100.0,
+    q = package_prior(kfac).layer_penalties(model)
+    prior = package_prior(kfac, lam=1.0, lam_per_layer={"conv": 10.0, "weight_hh_l0": 100.0,
                                                        r"lstm\.weight_.*": 1000.0, r"conv.*": 7.0})
     lams = {n: prior.layer_lam(n) for n in NAMES}
     assert lams == {"lin": 1.0, "conv": 10.0, "convt": 7.0,  # exact name; regex for convt
@@ -113,14 +121,14 @@ def test_per_layer_lam_patterns(setup):
 
 def test_reference_scaling_multiplies_kfac_layers_by_samples_over_tokens(setup):
     model, kfac, ewc, _ = setup
-    q = LaplacePrior(kfac).layer_penalties(model)
+    q = package_prior(kfac).layer_penalties(model)
     ref = LaplacePrior(kfac, scaling="reference").layer_penalties(model)
     tokens = {"lin": 4 * 5, "conv": 4 * 5, "convt": 4 * 10}  # positions: 5 frames, then 10 after the stride-2 convT
     tokens.update({f"lstm.{w}": 4 * 10 for w in LSTM_WEIGHTS})
     for name in NAMES:
         assert kfac.layers[name].tokens == [tokens[name]]
         torch.testing.assert_close(ref[name], q[name] * 4 / tokens[name])
-    e = LaplacePrior(ewc).layer_penalties(model)
+    e = package_prior(ewc).layer_penalties(model)
     e_ref = LaplacePrior(ewc, scaling="reference").layer_penalties(model)
     for name in NAMES:
         torch.testing.assert_close(e_ref[name], e[name])
@@ -129,25 +137,25 @@ def test_reference_scaling_multiplies_kfac_layers_by_samples_over_tokens(setup):
 def test_configuration_errors(setup):
     model, kfac, ewc, _ = setup
     with pytest.raises(ValueError, match="ewc estimate cannot serve a kfac prior"):
-        LaplacePrior(ewc, method="kfac")
+        package_prior(ewc, method="kfac")
     with pytest.raises(ValueError, match="needs a curvature"):
-        LaplacePrior(method="ewc")
+        package_prior(method="ewc")
     with pytest.raises(ValueError, match="method must be one of"):
-        LaplacePrior(kfac, method="fisher")
+        package_prior(kfac, method="fisher")
     with pytest.raises(ValueError, match="scaling must be"):
         LaplacePrior(kfac, scaling="paper")
     partial = Curvature(kfac.method, kfac.fisher, kfac.kfac_approx,
                         {n: kfac.layers[n] for n in NAMES if n != "convt"}, kfac.samples)
     with pytest.raises(ValueError, match=r"no estimate for adapted layers \['convt'\]"):
-        LaplacePrior(partial).penalty(model)
+        package_prior(partial).penalty(model)
     with pytest.raises(ValueError, match="no LoRA adapter 'other'"):
-        LaplacePrior(kfac, adapter_name="other").penalty(model)
+        package_prior(kfac, adapter_name="other").penalty(model)
 
 
 def test_penalty_under_bf16_autocast_is_float32_and_exact(setup):
     model, kfac, ewc, _ = setup
     for curv in (kfac, ewc, kfac.compress(2)):
-        prior = LaplacePrior(curv, lam=3.0)
+        prior = package_prior(curv, lam=3.0)
         fp32 = prior.penalty(model)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.bfloat16  # autocast is really on
@@ -158,11 +166,11 @@ def test_penalty_under_bf16_autocast_is_float32_and_exact(setup):
 
 def test_works_on_a_ddp_wrapped_model(setup, tmp_path):
     model, kfac, _, _ = setup
-    expected = LaplacePrior(kfac, lam=2.0).penalty(model)
+    expected = package_prior(kfac, lam=2.0).penalty(model)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
         ddp = DistributedDataParallel(model)
-        prior = LaplacePrior(kfac, lam=2.0)
+        prior = package_prior(kfac, lam=2.0)
         value = prior.penalty(ddp)
         torch.testing.assert_close(value, expected)
         value.backward()

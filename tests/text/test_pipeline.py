@@ -62,7 +62,7 @@ def _train_classifier(tiny, curvature, lam, epochs=6):
     model = add_lora_with_head(load_classifier(tiny["model"], 2, tok.pad_token_id), TARGETS, r=4, alpha=8)
     head_before = model.base_model.model.score.modules_to_save["default"].weight.detach().clone()
     base_before = {n: t.weight().clone() for n, t in lora_targets(model).items()}
-    prior = None if lam == 0 else LaplacePrior(curvature, lam=lam)
+    prior = None if lam == 0 else LaplacePrior(curvature, lam=lam, scaling="package")
     train = encode_examples(tok, load_glue("sst2", file=tiny["root"] / "sst2_train.tsv"))
     loader = classification_loader(train, tok.pad_token_id, 8, shuffle=True)
     history = finetune(model, loader, classification_loss, prior=prior, lr=3e-2, epochs=epochs, progress=False)
