@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from test_curvature_ewc import Holder, per_sample_diag
-from torch import nn
+from test_curvature_ewc import LinearOnSequences
 
 from tts_bpeft import Curvature, estimate_curvature
 
@@ -21,17 +19,9 @@ from prior_helpers import NAMES, build_setup, squared_error_loss  # noqa: E402
 
 
 def test_ekfac_scales_are_second_moments_of_rotated_per_sample_gradients():
-    torch.manual_seed(0)
-    lin, head = nn.Linear(4, 5), torch.randn(5, 3)
-    model = Holder(lin=lin)
-    x, y = torch.randn(6, 7, 4), torch.randn(6, 7, 3)
-
-    def loss_fn(m, batch):
-        return ((torch.tanh(m.lin(batch[0])) @ head - batch[1]) ** 2).sum((1, 2))
-
-    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
-    ekfac = estimate_curvature(model, batches, loss_fn, method="ekfac", targets=["lin"], progress=False)
-    kfac = estimate_curvature(model, batches, loss_fn, method="kfac", targets=["lin"], progress=False)
+    p = LinearOnSequences()
+    ekfac = estimate_curvature(p.model, p.batches, p.loss_fn, method="ekfac", targets=["lin"], progress=False)
+    kfac = estimate_curvature(p.model, p.batches, p.loss_fn, method="kfac", targets=["lin"], progress=False)
     term = ekfac.factors("lin")
     Q_A, Q_G = term["A_basis"].double(), term["G_basis"].double()
     # the bases diagonalise the KFAC factors
@@ -40,10 +30,7 @@ def test_ekfac_scales_are_second_moments_of_rotated_per_sample_gradients():
         rotated = Q.T @ M.double() @ Q
         assert (rotated - torch.diag(torch.diagonal(rotated))).abs().max() < 1e-5 * M.abs().max()
 
-    def loss_one(W, x, y):
-        return ((torch.tanh(F.linear(x, W, lin.bias)) @ head - y) ** 2).sum()
-
-    _, grads = per_sample_diag(loss_one, lin.weight.detach(), x, y)
+    _, grads = p.per_sample()
     expected = ((Q_G.T @ grads.double() @ Q_A) ** 2).mean(0)
     torch.testing.assert_close(term["scales"].double(), expected, rtol=1e-4, atol=1e-7)
     assert ekfac.method == "ekfac" and ekfac.layers["lin"].tokens == kfac.layers["lin"].tokens

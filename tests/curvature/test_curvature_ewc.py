@@ -32,22 +32,32 @@ def assert_close(a, b):
     torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-8)
 
 
+class LinearOnSequences:
+    """A Linear (4 -> 5) on (6, 7, 4) sequences under a tanh and a fixed head, squared error per sample:
+    `loss_fn` for the estimators, `loss_one(W, x, y)` of one sample for torch.func."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.lin, self.head = nn.Linear(4, 5), torch.randn(5, 3)
+        self.model = Holder(lin=self.lin)
+        self.x, self.y = torch.randn(6, 7, 4), torch.randn(6, 7, 3)
+        self.batches = [(self.x[:4], self.y[:4]), (self.x[4:], self.y[4:])]
+
+    def loss_fn(self, m, batch):
+        return ((torch.tanh(m.lin(batch[0])) @ self.head - batch[1]) ** 2).sum((1, 2))
+
+    def loss_one(self, W, x, y):
+        return ((torch.tanh(F.linear(x, W, self.lin.bias)) @ self.head - y) ** 2).sum()
+
+    def per_sample(self):
+        """(mean squared per-sample gradient, per-sample gradients (6, 5, 4)) w.r.t. the weight."""
+        return per_sample_diag(self.loss_one, self.lin.weight.detach(), self.x, self.y)
+
+
 def test_ewc_linear_on_sequences():
-    torch.manual_seed(0)
-    lin, head = nn.Linear(4, 5), torch.randn(5, 3)
-    model = Holder(lin=lin)
-    x, y = torch.randn(6, 7, 4), torch.randn(6, 7, 3)
-
-    def loss_fn(m, batch):
-        return ((torch.tanh(m.lin(batch[0])) @ head - batch[1]) ** 2).sum((1, 2))
-
-    ours = estimate_curvature(model, [(x[:4], y[:4]), (x[4:], y[4:])], loss_fn, method="ewc", targets=["lin"],
-                              progress=False)
-
-    def loss_one(W, x, y):
-        return ((torch.tanh(F.linear(x, W, lin.bias)) @ head - y) ** 2).sum()
-
-    diag, grads = per_sample_diag(loss_one, lin.weight.detach(), x, y)
+    p = LinearOnSequences()
+    ours = estimate_curvature(p.model, p.batches, p.loss_fn, method="ewc", targets=["lin"], progress=False)
+    diag, grads = p.per_sample()
     assert_close(ours.factors("lin")["diag"], diag)
     # the squared *mini-batch* gradient is a different (smaller) quantity: the test can tell them apart
     batch_sq = (grads.mean(0).double() ** 2)
