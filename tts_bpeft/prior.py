@@ -202,6 +202,8 @@ class LaplacePrior:
             other = None
             if self.mix is not None and self.mu:
                 other = Isotropic() if self.mix == "l2sp" else curvature_form(self.mix, name)
+            if other is not None and other.mean_eigenvalue <= 0:
+                raise ValueError(f"layer {name!r}: the mixed-in curvature is zero there; it cannot be rescaled")
             weight = self.mu * main.mean_eigenvalue / other.mean_eigenvalue if other is not None else 0.0
             self._forms[name] = (main, other, weight)
         return self._forms[name]
