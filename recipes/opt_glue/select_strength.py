@@ -1,14 +1,15 @@
 """Choose the prior's lam (and mu) for a tolerance on validation data, instead of guessing it.
 
-    python recipes/opt_glue/select_strength.py prior.method=kfac prior.damping=0.1 \
-        data.hub_name=wikitext-2-raw-v1 heldout.files=[wiki_heldout.jsonl] selection.tolerance=0.02
+    python recipes/opt_glue/select_strength.py prior.method=kfac selection.second=damping \
+        'selection.mus=[0.0,0.3]' data.hub_name=wikitext-2-raw-v1 heldout.files=[wiki_heldout.jsonl]
 
-Each trial is one run of ``finetune_clm.py`` (same config) in ``<output_dir>/lam<lam>_mu<mu>``: its
+Each trial is one run of ``finetune_clm.py`` (same config) in ``<output_dir>/lam<lam>_mu<value>``: its
 validation perplexity is the fine-tuning metric, the perplexity of ``heldout`` (pre-training text not used
-for the curvature) the forgetting metric. `tts_bpeft.selection.select_strength` searches lam (per mu of
-``selection.mus``) for the least forgetting with a validation perplexity at most ``1 + tolerance`` times
-plain LoRA's. Writes ``trials.json`` (resumable: a rerun refits nothing), ``selection.md`` (the trials
-table) and ``select_strength.json`` (the chosen trial and its adapter folder).
+for the curvature) the forgetting metric. `tts_bpeft.selection.select_strength` searches lam (per value of
+``selection.mus``, which sets ``prior.mu`` or, with ``selection.second=damping``, ``prior.damping``) for
+the least forgetting with a validation perplexity at most ``1 + selection.tolerance`` times plain LoRA's.
+Writes ``trials.json`` (resumable: a rerun refits nothing), ``selection.md`` (the trials table) and
+``select_strength.json`` (the chosen trial and its adapter folder).
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ def run(cfg: DictConfig) -> dict:
 
     def fit(lam: float, mu: float) -> tuple[float, float]:
         trial = OmegaConf.to_container(cfg, resolve=True)
-        trial["prior"].update(lam=lam, mu=mu, method=trial["prior"]["method"] if lam else "none")
+        trial["prior"].update({"lam": lam, cfg.selection.second: mu,
+                               "method": trial["prior"]["method"] if lam else "none"})
         trial["output_dir"] = str(trial_dir(out, lam, mu))
         metrics = finetune_clm.run(OmegaConf.create(trial))["metrics"]
         return metrics["perplexity"], metrics["heldout_perplexity"]
 
     s = cfg.selection
+    if s.second not in ("mu", "damping"):
+        raise ValueError(f"selection.second must be 'mu' or 'damping', got {s.second!r}")
     selection = select_strength(fit, tolerance=s.tolerance, lam0=s.lam0, mus=list(s.mus), factor=s.factor,
                                 steps=s.steps, log=out / "trials.json", report=log.info)
     write_text(out / "selection.md", selection.table() + "\n")

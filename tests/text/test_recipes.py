@@ -95,7 +95,8 @@ def test_select_strength_recipe(tiny, tmp_path):
     overrides = [f"model={model}", "lora.r=4", "lora.alpha=8", "train.epochs=1", "train.batch_size=8",
                  "train.lr=3e-2", f"data.files=[{root / 'news_train.txt'}]",
                  f"data.validation_files=[{root / 'news_dev.txt'}]", "data.block_size=32",
-                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.method=kfac", "prior.damping=0.1",
+                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.method=kfac", "selection.second=damping",
+                 "selection.mus=[0.0,0.3]",
                  f"prior.curvature={tmp_path / 'curvature_kfac.safetensors'}", "selection.tolerance=0.01",
                  "selection.lam0=10", "selection.steps=1", "selection.factor=100", f"output_dir={tmp_path / 'sel'}"]
     record = _run("select_strength", overrides)["metrics"]
@@ -103,7 +104,7 @@ def test_select_strength_recipe(tiny, tmp_path):
     assert plain["lam"] == 0 and chosen["finetune"] <= 1.01 * plain["finetune"]
     assert Path(record["adapter"], "adapter_config.json").is_file()
     trials = json.loads((tmp_path / "sel" / "trials.json").read_text())["trials"]
-    assert len(trials) == 1 + record["trials"] >= 3
+    assert len(trials) == 1 + record["trials"] >= 5 and {t["mu"] for t in trials} == {0.0, 0.3}
     table = (tmp_path / "sel" / "selection.md").read_text()
     assert "**yes**" in table and "budget" in table
     stamp = (tmp_path / "sel" / "lam0_mu0" / "finetune.json").stat().st_mtime_ns
