@@ -123,8 +123,10 @@ class EigenKronecker:
                    for t in self.terms)
 
 
-def curvature_form(curvature: Curvature, name: str, damping: float = 0.0) -> Isotropic | Diagonal | Kronecker | \
-        EigenKronecker:
+QuadraticForm = Isotropic | Diagonal | Kronecker | EigenKronecker
+
+
+def curvature_form(curvature: Curvature, name: str, damping: float = 0.0) -> QuadraticForm:
     """The quadratic form of one layer of a curvature estimate (`damping` only for KFAC)."""
     terms = curvature.terms(name)
     if curvature.method == "kfac":
@@ -171,7 +173,7 @@ class LaplacePrior:
         self.adapter_name, self.scaling = adapter_name, scaling
         self.damping, self.mix, self.mu = damping, mix, mu
         self._targets: dict[int, dict[str, LoraTarget]] = {}
-        self._forms: dict[str, tuple] = {}
+        self._forms: dict[str, tuple[QuadraticForm, QuadraticForm | None, float]] = {}
         self._normaliser: dict[int, float] = {}
 
     def layer_lam(self, name: str) -> float:
@@ -195,7 +197,7 @@ class LaplacePrior:
             self._targets[key] = targets
         return self._targets[key]
 
-    def forms(self, name: str) -> tuple:
+    def forms(self, name: str) -> tuple[QuadraticForm, QuadraticForm | None, float]:
         """(main form, mixed-in form or None, weight of the mixed-in form) of one layer."""
         if name not in self._forms:
             main = Isotropic() if self.method == "l2sp" else curvature_form(self.curvature, name, self.damping)
