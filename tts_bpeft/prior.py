@@ -61,15 +61,30 @@ SCALINGS = ("package", "reference", "relative")
 def _sandwich(term: dict[str, Tensor], key: str, X: Tensor, damping: float = 0.0) -> Tensor:
     """``X^T (M + damping I) X`` for the factor `key` of a term, stored dense (``M``) or as an eigenbasis."""
     if key in term:
-        out = X.T @ term[key].to(X) @ X
+        out = X.T @ term[key] @ X
     else:
-        P = term[key + "_vecs"].to(X).T @ X  # (k, r)
-        out = P.T @ (term[key + "_vals"].to(X)[:, None] * P)
+        P = term[key + "_vecs"].T @ X  # (k, r)
+        out = P.T @ (term[key + "_vals"][:, None] * P)
     return out + damping * (X.T @ X) if damping else out
 
 
 def _trace(term: dict[str, Tensor], key: str) -> float:
     return float(term[key].trace() if key in term else term[key + "_vals"].sum())
+
+
+class _StoredForm:
+    """A form whose curvature tensors (`terms`) are moved to the LoRA factors' device and dtype once, not at
+    every penalty evaluation (a CPU curvature file serving a CUDA model is copied a single time)."""
+
+    def __init__(self, terms: list[dict[str, Tensor]]) -> None:
+        self.terms = terms
+        self._moved: tuple[tuple, list[dict[str, Tensor]]] | None = None
+
+    def terms_like(self, X: Tensor) -> list[dict[str, Tensor]]:
+        key = (X.device, X.dtype)
+        if self._moved is None or self._moved[0] != key:
+            self._moved = (key, [{k: v.to(X) for k, v in term.items()} for term in self.terms])
+        return self._moved[1]
 
 
 class Isotropic:
@@ -81,46 +96,46 @@ class Isotropic:
         return scale**2 * ((B.T @ B) * (A @ A.T)).sum()
 
 
-class Diagonal:
+class Diagonal(_StoredForm):
     """``q(dW) = sum(d * dW^2)`` (EWC), ``d`` (out x in_flat)."""
 
     def __init__(self, diag: Tensor) -> None:
-        self.diag = diag
+        super().__init__([{"diag": diag}])
         self.mean_eigenvalue = float(diag.mean())
 
     def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
-        return (self.diag.to(B) * (scale * (B @ A)) ** 2).sum()
+        return (self.terms_like(B)[0]["diag"] * (scale * (B @ A)) ** 2).sum()
 
 
-class Kronecker:
+class Kronecker(_StoredForm):
     """``q(dW) = sum_terms tr(dW^T (G + g I) dW (A_F + a I))`` (KFAC, optionally damped), in r x r form."""
 
     def __init__(self, terms: list[dict[str, Tensor]], damping: float = 0.0) -> None:
-        self.terms = terms
-        self.damping: list[tuple[float, float]] = []
+        super().__init__(terms)
+        self.shifts: list[tuple[float, float]] = []  # (a, g) of each term
         self.mean_eigenvalue = 0.0
         for term in terms:
             n_in = term["A"].shape[0] if "A" in term else term["A_vecs"].shape[0]
             n_out = term["G"].shape[0] if "G" in term else term["G_vecs"].shape[0]
             mean_a, mean_g = _trace(term, "A") / n_in, _trace(term, "G") / n_out
             self.mean_eigenvalue += mean_a * mean_g
-            self.damping.append((math.sqrt(damping) * mean_a, math.sqrt(damping) * mean_g))
+            self.shifts.append((math.sqrt(damping) * mean_a, math.sqrt(damping) * mean_g))
 
     def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
         return scale**2 * sum((_sandwich(t, "G", B, g) * _sandwich(t, "A", A.T, a)).sum()
-                              for t, (a, g) in zip(self.terms, self.damping))
+                              for t, (a, g) in zip(self.terms_like(B), self.shifts))
 
 
-class EigenKronecker:
+class EigenKronecker(_StoredForm):
     """``q(dW) = sum_terms sum(S * (Q_G^T dW Q_A)^2)`` (EKFAC); ``O(out in r)`` like EWC."""
 
     def __init__(self, terms: list[dict[str, Tensor]]) -> None:
-        self.terms = terms
+        super().__init__(terms)
         self.mean_eigenvalue = sum(float(t["scales"].mean()) for t in terms)
 
     def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
-        return sum((t["scales"].to(B) * (scale * (t["G_basis"].to(B).T @ B) @ (A @ t["A_basis"].to(B))) ** 2).sum()
-                   for t in self.terms)
+        return sum((t["scales"] * (scale * (t["G_basis"].T @ B) @ (A @ t["A_basis"])) ** 2).sum()
+                   for t in self.terms_like(B))
 
 
 QuadraticForm = Isotropic | Diagonal | Kronecker | EigenKronecker
