@@ -129,10 +129,10 @@ def select_strength(fit: Callable[[float, float], tuple[float, float]], toleranc
                 break
             lam = lam * factor if inside else lam / factor
             inside = within_budget(run(lam, mu), plain, tolerance)
-            if inside:
-                low = lam if low is None else max(low, lam)
+            if inside:  # moving up, each lam within budget is the largest yet; moving down, the first
+                low = lam
             else:
-                high = lam if high is None else min(high, lam)
+                high = lam
         if low is None or high is None:
             continue  # no crossing within the expansions: the extreme trial is already logged
         for _ in range(steps):  # bisect in log space

@@ -56,9 +56,9 @@ class LayerStatistics:
 class CurvatureCapture:
     """Context manager: while active, every targeted layer call that is back-propagated adds statistics.
 
-    `targets` maps names to `LoraTarget`s (or plain-layer targets). `method` is ``"kfac"`` or ``"ewc"``,
-    `kfac_approx` ``"expand"`` or ``"reduce"``; ``"ekfac"`` needs `bases`, a ``(Q_A, Q_G)`` pair per target. Call
-    `begin_backward(batch_size)` before each backward pass and `end_backward()` after it.
+    `targets` maps names to `LoraTarget`s (or plain-layer targets). `method` is ``"kfac"``, ``"ewc"`` or
+    ``"ekfac"`` (which needs `bases`, a ``(Q_A, Q_G)`` pair per target), `kfac_approx` ``"expand"`` or
+    ``"reduce"``. Call `begin_backward(batch_size)` before each backward pass and `end_backward()` after it.
     """
 
     def __init__(self, targets: dict[str, LoraTarget], method: str, kfac_approx: str = "expand",
@@ -70,7 +70,9 @@ class CurvatureCapture:
         if method == "ekfac" and (bases is None or set(bases) != set(targets)):
             raise ValueError("ekfac needs the KFAC eigenbases (Q_A, Q_G) of every target")
         self.method, self.kfac_approx = method, kfac_approx
-        self.bases = {n: (Q_A.float(), Q_G.float()) for n, (Q_A, Q_G) in (bases or {}).items()}
+        # on the device of each target's weight once, not at every layer call
+        self.bases = {n: (Q_A.float().to(targets[n].weight().device), Q_G.float().to(targets[n].weight().device))
+                      for n, (Q_A, Q_G) in (bases or {}).items()}
         self.targets = targets
         self.stats = {name: LayerStatistics(t.kind, tuple(t.weight().shape)) for name, t in targets.items()}
         self._handles: list[RemovableHandle] = []
@@ -163,7 +165,7 @@ class CurvatureCapture:
             a, g = self._by_sample(name, a, g)
             if self.method == "ekfac":
                 Q_A, Q_G = self.bases[name]
-                a, g = a @ Q_A.to(a.device), g @ Q_G.to(g.device)
+                a, g = a @ Q_A, g @ Q_G
             grad = torch.einsum("bpo,bpi->boi", g, a)
             stats.per_sample_grad = grad if stats.per_sample_grad is None else stats.per_sample_grad + grad
             return

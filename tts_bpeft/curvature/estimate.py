@@ -165,18 +165,17 @@ def estimate_curvature(
     chosen = _resolve_targets(root, targets, adapter_name)
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
-    kfac = None
+    kfac, bases = None, None
     if method == "ekfac":
         if iter(batches) is batches:
             raise TypeError("method='ekfac' passes over the data twice: give a list or a DataLoader, not an iterator")
         kfac = estimate_curvature(model, batches, loss_fn, "kfac", fisher, kfac_approx, chosen, mc_samples,
                                   adapter_name, mode, seed, description, distributed, progress)
-        capture = CurvatureCapture(chosen, method, bases={n: kfac_eigenbasis(kfac.factors(n)) for n in chosen})
-    else:
-        capture = CurvatureCapture(chosen, method, kfac_approx)
+        bases = {n: kfac_eigenbasis(kfac.factors(n)) for n in chosen}
+    capture = CurvatureCapture(chosen, method, kfac_approx, bases)
     samples = _measure(model, root, chosen, batches, loss_fn, capture, fisher, draws, mode, seed, progress,
                        distributed)
-    layers = _finish(capture, samples * draws, chosen, kfac)
+    layers = _finish(capture, samples * draws, chosen, kfac, bases)
     return Curvature(method, fisher, kfac_approx if method != "ewc" else None, layers, samples, draws,
                      fingerprint(chosen), description)
 
@@ -223,9 +222,10 @@ def _measure(model, root: nn.Module, chosen: Mapping[str, LoraTarget], batches: 
 
 
 def _finish(capture: CurvatureCapture, draws_total: int, targets: Mapping[str, LoraTarget],
-            kfac: Curvature | None = None) -> dict[str, LayerCurvature]:
-    """Sums -> means: A over tokens, G and diag (EWC) or scales (EKFAC, with `kfac`'s bases and token
-    counts) over samples x draws (float32)."""
+            kfac: Curvature | None = None, bases: Mapping[str, tuple[Tensor, Tensor]] | None = None
+            ) -> dict[str, LayerCurvature]:
+    """Sums -> means: A over tokens, G and diag (EWC) or scales (EKFAC, with the `bases` of `kfac` and its
+    token counts) over samples x draws (float32)."""
     method, layers = capture.method, {}
     for name, s in capture.stats.items():
         if (method == "kfac" and (s.G_sum is None or s.tokens == 0)) or (method != "kfac" and s.diag_sum is None):
@@ -236,7 +236,7 @@ def _finish(capture: CurvatureCapture, draws_total: int, targets: Mapping[str, L
         elif method == "ewc":
             term = {"diag": (s.diag_sum / draws_total).float()}
         else:
-            Q_A, Q_G = capture.bases[name]
+            Q_A, Q_G = bases[name]
             term = {"A_basis": Q_A, "G_basis": Q_G, "scales": (s.diag_sum / draws_total).float()}
             tokens = kfac.layers[name].tokens[0]
         layers[name] = LayerCurvature(s.kind, s.shape, [term], [tokens], layer_fingerprint(targets[name]))
