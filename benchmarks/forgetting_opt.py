@@ -187,12 +187,12 @@ class Bench:
             hashlib.sha256(" ".join(a.targets).encode()).hexdigest()[:6]
 
     def run_key(self, prior: str, lam: float, seed: int) -> str:
-        a = self.args
+        a, spec = self.args, PRIORS.get(prior, {})
         options = {"prior": prior, "lam": lam, "seed": seed, "r": a.r, "alpha": a.alpha, "lr": a.lr,
                    "steps": a.steps, "batch": a.batch, "news": [a.train_news, a.val_news], "eval": a.eval_tokens,
                    "fisher": a.fisher if prior not in ("none", "l2sp") else None,
-                   "model": self.model_key(), "damping": a.damping if prior == "kfac-damped" else None,
-                   "mu": a.mu if "+" in prior else None}
+                   "model": self.model_key(), "damping": a.damping if spec.get("damped") else None,
+                   "mu": a.mu if spec.get("mix") else None}
         return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
     def prior(self, name: str, lam: float) -> LaplacePrior | None:

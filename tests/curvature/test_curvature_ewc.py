@@ -138,27 +138,21 @@ def test_ewc_lstm_weights():
 def test_ewc_and_reduce_kfac_on_a_flattened_batch_equal_the_batched_layer():
     """Transformer MLPs call their Linear on (B*T, in): the rows are regrouped by sample, giving the same
     per-sample statistics as the (B, T, in) call; a time-major input cannot be regrouped and is named."""
-    torch.manual_seed(0)
-    lin, head = nn.Linear(4, 5), torch.randn(5, 3)
-    x, y = torch.randn(6, 7, 4), torch.randn(6, 7, 3)
-
-    def batched(m, batch):
-        return ((torch.tanh(m.lin(batch[0])) @ head - batch[1]) ** 2).sum((1, 2))
+    p = LinearOnSequences()
 
     def flattened(m, batch):
         h = m.lin(batch[0].reshape(-1, 4)).reshape(batch[0].shape[0], -1, 5)
-        return ((torch.tanh(h) @ head - batch[1]) ** 2).sum((1, 2))
+        return ((torch.tanh(h) @ p.head - batch[1]) ** 2).sum((1, 2))
 
     def time_major(m, batch):
         h = m.lin(batch[0].transpose(0, 1)).transpose(0, 1)
-        return ((torch.tanh(h) @ head - batch[1]) ** 2).sum((1, 2))
+        return ((torch.tanh(h) @ p.head - batch[1]) ** 2).sum((1, 2))
 
-    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
     for method, kwargs, key in (("ewc", {}, "diag"), ("kfac", {"kfac_approx": "reduce"}, "G")):
-        want = estimate_curvature(Holder(lin=lin), batches, batched, method=method, targets=["lin"], progress=False,
+        want = estimate_curvature(p.model, p.batches, p.loss_fn, method=method, targets=["lin"], progress=False,
                                   **kwargs)
-        got = estimate_curvature(Holder(lin=lin), batches, flattened, method=method, targets=["lin"],
-                                 progress=False, **kwargs)
+        got = estimate_curvature(p.model, p.batches, flattened, method=method, targets=["lin"], progress=False,
+                                 **kwargs)
         assert_close(got.factors("lin")[key], want.factors("lin")[key])
     with pytest.raises(ValueError, match="'lin' saw a leading dimension of 7 but the batch has 4 samples"):
-        estimate_curvature(Holder(lin=lin), batches, time_major, method="ewc", targets=["lin"], progress=False)
+        estimate_curvature(p.model, p.batches, time_major, method="ewc", targets=["lin"], progress=False)

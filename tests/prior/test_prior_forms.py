@@ -118,31 +118,22 @@ def test_relative_scaling_puts_methods_on_one_footing(setup, ekfac):
     method charges about what L2-SP charges (averaged over many random directions)."""
     model, kfac, ewc, _ = setup
     g = torch.Generator().manual_seed(0)
-    targets = lora_targets(model)
     priors = {"l2sp": LaplacePrior(method="l2sp", scaling="relative"),
               "kfac": LaplacePrior(kfac, scaling="relative"), "ewc": LaplacePrior(ewc, scaling="relative"),
               "ekfac": LaplacePrior(ekfac, scaling="relative")}
     totals = dict.fromkeys(priors, 0.0)
-    originals = {n: [p.detach().clone() for p in _factors(t)] for n, t in targets.items()}
+    params = lora_params(model)
+    originals = [p.detach().clone() for p in params]
     with torch.no_grad():
         for _ in range(200):
-            for t in targets.values():
-                for p in _factors(t):
-                    p.copy_(torch.randn(p.shape, generator=g))
+            for p in params:
+                p.copy_(torch.randn(p.shape, generator=g))
             for k, prior in priors.items():
                 totals[k] += float(prior.penalty(model))
-        for n, t in targets.items():
-            for p, value in zip(_factors(t), originals[n]):
-                p.copy_(value)
+        for p, value in zip(params, originals):
+            p.copy_(value)
     for k in ("kfac", "ewc", "ekfac"):
         assert math.isclose(totals[k], totals["l2sp"], rel_tol=0.35), (k, totals)
-
-
-def _factors(target):
-    layer, adapter = target.layer, "default"
-    if target.kind == "lstm":
-        return [layer.lora_A[adapter][target.param], layer.lora_B[adapter][target.param]]
-    return [layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
 
 
 def test_form_options_are_checked(setup):
