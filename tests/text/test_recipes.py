@@ -103,6 +103,12 @@ def test_select_strength_recipe(tiny, tmp_path):
     chosen, plain = record["chosen"], record["plain"]
     assert plain["lam"] == 0 and chosen["finetune"] <= 1.01 * plain["finetune"]
     assert Path(record["adapter"], "adapter_config.json").is_file()
+    # the forgetting metric, recomputed from the saved adapter by the evaluate recipe
+    check = _run("evaluate", [f"model={model}", "kind=clm", f"adapter={record['adapter']}",
+                              f"target.files=[{root / 'wiki_heldout.jsonl'}]", "target.block_size=32",
+                              f"forgetting.files=[{root / 'wiki_heldout.jsonl'}]", "forgetting.skip_documents=0",
+                              "forgetting.block_size=32"])["metrics"]
+    assert check["target_perplexity"] == pytest.approx(chosen["forgetting"], rel=1e-5)
     trials = json.loads((tmp_path / "sel" / "trials.json").read_text())["trials"]
     assert len(trials) == 1 + record["trials"] >= 5 and {t["mu"] for t in trials} == {0.0, 0.3}
     table = (tmp_path / "sel" / "selection.md").read_text()
