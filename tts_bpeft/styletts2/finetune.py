@@ -3,7 +3,8 @@
 Systems (``system``):
 
 - ``lora``: LoRA on a preset (`tts_bpeft.styletts2.presets`), base frozen, with the prior ``none``,
-  ``l2sp``, ``ewc`` or ``kfac`` (global lam and per-layer patterns; the curvature file of the base model);
+  ``l2sp``, ``ewc``, ``kfac`` or ``ekfac`` (global lam and per-layer patterns, damping, a mixed-in form; the
+  curvature file of the base model; see `tts_bpeft.prior.load_prior`);
 - ``full``: every weight of the generator modules trained (the reference's full fine-tuning);
 - ``linear``: the weights and biases of every nn.Linear in the paper preset's modules trained
   (the reference's "Linear-only" fine-tuning).
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from munch import Munch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -49,12 +51,8 @@ SYSTEMS = ("lora", "full", "linear")
 
 def _plain(cfg: Any) -> Any:
     """A hydra/OmegaConf config (or plain dict) as plain Python containers."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - hydra-core is a dependency
-        pass
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
     return cfg
 
 
