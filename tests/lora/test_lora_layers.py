@@ -367,3 +367,25 @@ def test_lstm_dropout_warns_and_no_dropout_applied():
         x = torch.randn(5, 2, 3)
         model.train()
         assert torch.equal(model(x)[0], model(x)[0])
+
+
+def test_lstm_adapter_keeps_flatten_parameters_that_model_code_calls():
+    class Encoder(nn.Module):  # StyleTTS 2's and Kokoro's text encoders call flatten_parameters every forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.lstm.flatten_parameters()
+            return self.lstm(x)[0]
+
+    torch.manual_seed(0)
+    model = Encoder()
+    x = torch.randn(2, 5, 4)
+    expected = model(x)
+    add_lora(model, ["LSTM", r"lstm"], r=2, alpha=4)
+    out = model(x)
+    torch.testing.assert_close(out, expected)  # B starts at zero
+    out.square().sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert len(grads) == 4 and all(g is not None and g.abs().sum() > 0 for g in grads)

@@ -102,6 +102,10 @@ class LoraLSTM(nn.Module, LoraLayer):
                 for name in self.weight_names:
                     add_to_effective_weight(self.get_base_layer(), -self.get_delta_weight(adapter, name), name)
 
+    def flatten_parameters(self) -> None:
+        """The wrapped LSTM's ``flatten_parameters`` (StyleTTS 2 and Kokoro call it before every forward)."""
+        self.get_base_layer().flatten_parameters()
+
     def forward(self, x, *args, **kwargs):
         base = self.get_base_layer()
         if self.disable_adapters:
