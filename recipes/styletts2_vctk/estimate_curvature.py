@@ -15,9 +15,9 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.io import save_json
+from tts_bpeft.speech_data.libritts import read_libritts
+from tts_bpeft.speech_data.phonemes import Phonemizer
 from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature
-from tts_bpeft.styletts2.data.libritts import read_libritts
-from tts_bpeft.styletts2.data.text import Phonemizer
 from tts_bpeft.styletts2.finetune import build_base
 from tts_bpeft.styletts2.presets import add_preset_lora
 

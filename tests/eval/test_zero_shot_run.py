@@ -34,7 +34,7 @@ from tts_bpeft.eval.zero_shot import (
     pretrained_system,
     target_speaker,
 )
-from tts_bpeft.styletts2.data.synthetic import available_voices, make_vctk
+from tts_bpeft.speech_data.synthetic import available_voices, make_vctk
 
 TARGET = "p248"
 UNSEEN = ("p225", "p302")

@@ -40,8 +40,8 @@ from tts_bpeft.eval.speaker import SpeakerEncoder, cosine_similarity, embed_audi
 from tts_bpeft.eval.text_norm import normalize_text
 from tts_bpeft.eval.transcript_cache import TranscriptCache
 from tts_bpeft.io import write_audio
-from tts_bpeft.styletts2.data.selection import split_per_speaker
-from tts_bpeft.styletts2.data.vctk import read_vctk
+from tts_bpeft.speech_data.selection import split_per_speaker
+from tts_bpeft.speech_data.vctk import read_vctk
 
 PAPER_TARGET_SPEAKER = "p248"
 PAPER_UNSEEN_SPEAKERS = ("p225", "p234", "p238", "p245", "p261", "p294", "p302", "p326", "p335", "p347")
@@ -425,8 +425,8 @@ def styletts2_loader(device: str = "cpu", inference: Mapping[str, Any] | None = 
     diffusion_steps, embedding_scale, reference_trim_db). Imports the model code only when called."""
 
     def load(system: SystemSpec) -> SpeechSynthesizer:
-        from tts_bpeft.styletts2.data.audio import SAMPLE_RATE
-        from tts_bpeft.styletts2.data.text import Phonemizer
+        from tts_bpeft.speech_data.audio import SAMPLE_RATE
+        from tts_bpeft.speech_data.phonemes import Phonemizer
         from tts_bpeft.styletts2.finetune import build_base, load_run
         from tts_bpeft.styletts2.synthesize import InferenceSettings, Synthesizer
 

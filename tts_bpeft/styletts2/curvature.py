@@ -24,9 +24,9 @@ from munch import Munch
 from torch.utils.data import DataLoader
 
 from ..curvature import Curvature, Laplace, estimate_curvature
+from ..speech_data.phonemes import Phonemizer
+from ..speech_data.records import Utterance
 from .data.dataset import TTSDataset, collate
-from .data.records import Utterance
-from .data.text import Phonemizer
 from .losses import GeneratorObjective
 
 LIKELIHOOD_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff")

@@ -35,13 +35,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..io import save_json, save_safetensors
 from ..lora import load_adapter, merged_state_dict, save_adapter
 from ..prior import LaplacePrior, load_prior
+from ..speech_data.phonemes import Phonemizer
+from ..speech_data.records import Utterance
+from ..speech_data.selection import split_per_speaker
+from ..speech_data.vctk import read_vctk
 from ..training import TrainSettings, train
 from .curvature import LIKELIHOOD_TERMS, utterance_seed
 from .data.dataset import TTSDataset, collate
-from .data.records import Utterance
-from .data.selection import split_per_speaker
-from .data.text import Phonemizer
-from .data.vctk import read_vctk
 from .losses import GeneratorObjective
 from .model import GENERATOR_MODULES, TINY_CONFIG, build_styletts2, load_checkpoint, load_config, save_checkpoint
 from .presets import PRESETS, add_preset_lora

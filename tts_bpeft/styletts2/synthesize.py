@@ -25,9 +25,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..io import write_audio
+from ..speech_data.audio import SAMPLE_RATE, load_audio, mel_spectrogram
+from ..speech_data.phonemes import Phonemizer
 from .curvature import utterance_seed
-from .data.audio import SAMPLE_RATE, load_audio, mel_spectrogram
-from .data.text import Phonemizer, tokenize
+from .data.text import tokenize
 from .losses import seeded
 
 
