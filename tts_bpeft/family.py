@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .curvature.likelihoods import Likelihood
+from .curvature import Curvature, Likelihood, estimate_curvature
 from .speech_data.records import Utterance
 
 ModelNet = nn.Module | MutableMapping[str, nn.Module]
@@ -112,7 +112,8 @@ class DataOptions:
     """How a family turns utterances into batches: ``phoneme_cache``, a json file of espeak phonemes per
     text (`tts_bpeft.speech_data.phonemes.Phonemizer`; None: no cache); ``trim_db``, leading and trailing
     silence quieter than this many dB below the peak is cut (None: kept); ``max_frames``, the longest
-    segment (mel frames of 12.5 ms) a loss decodes (None: the model config's own limit)."""
+    segment (mel frames of 12.5 ms) a loss decodes (None: the model config's own limit). Options
+    given as None mean these defaults."""
 
     phoneme_cache: Path | None = None
     trim_db: float | None = None
@@ -135,12 +136,15 @@ class ModelFamily(Protocol):
 
     ``name`` is its registry name (the ``family`` field of a run's ``run.json``); ``sample_rate`` the rate
     of its waves in Hz; ``clones_voices``: True when :meth:`synthesizer` accepts ``Voice.clone``
-    references (zero-shot cloning), False when it speaks only its built-in :meth:`voices`.
+    references (zero-shot cloning), False when it speaks only its built-in :meth:`voices`;
+    ``model_paths``: the dotted keys of the model settings that hold file paths (made absolute against the
+    folder they were written from, `tts_bpeft.runs.resolve_paths`).
     """
 
     name: str
     sample_rate: int
     clones_voices: bool
+    model_paths: tuple[str, ...]
 
     def build(self, settings: Mapping[str, Any], device: str | torch.device = "cpu", seed: int = 0) -> TTSModel:
         """The pre-trained model the settings name (random weights where they name no checkpoint, drawn
@@ -158,7 +162,7 @@ class ModelFamily(Protocol):
         ...
 
     def curvature_batches(self, model: TTSModel, utterances: Sequence[Utterance], batch_size: int = 1,
-                          seed: int = 0, options: DataOptions = DataOptions()) -> Iterable[Any]:
+                          seed: int = 0, options: DataOptions | None = None) -> Iterable[Any]:
         """The batches the pre-training Fisher is measured on, in an order fixed by ``seed``. ``utterances``:
         recordings with transcripts (StyleTTS 2: LibriTTS), or, for a family whose pre-training data is not
         public, texts whose ``speaker`` names a built-in voice and whose ``path`` is empty (Kokoro: the
@@ -166,7 +170,7 @@ class ModelFamily(Protocol):
         ...
 
     def per_sample_loss(self, model: TTSModel, fisher: str = "empirical", terms: Sequence[str] | None = None,
-                        seed: int = 0, options: DataOptions = DataOptions()) -> PerSampleLoss:
+                        seed: int = 0, options: DataOptions | None = None) -> PerSampleLoss:
         """The ``loss_fn(net, batch)`` of `tts_bpeft.estimate_curvature` for :meth:`curvature_batches`:
         ``fisher="empirical"``: per-sample losses (B,) of the likelihood ``terms`` (None: the family's
         default likelihood terms); ``fisher="mc"``: their likelihood terms, from which targets are sampled.
@@ -174,7 +178,7 @@ class ModelFamily(Protocol):
         ...
 
     def training_batches(self, model: TTSModel, utterances: Sequence[Utterance], batch_size: int, seed: int = 0,
-                         rank: int = 0, world: int = 1, options: DataOptions = DataOptions()
+                         rank: int = 0, world: int = 1, options: DataOptions | None = None
                          ) -> Callable[[int], Iterable[Any]]:
         """``batches(epoch)`` for `tts_bpeft.training.train`: this process's share (``rank`` of ``world``
         processes, ``batch_size`` samples each per step) of the epoch, in an order drawn from ``seed`` and
@@ -183,7 +187,7 @@ class ModelFamily(Protocol):
 
     def training_loss(self, model: TTSModel, terms: Sequence[str] | None = None,
                       weights: Mapping[str, float] | None = None, seed: int = 0,
-                      options: DataOptions = DataOptions(), amp: bool = False
+                      options: DataOptions | None = None, amp: bool = False
                       ) -> Callable[[Any], tuple[Tensor, dict[str, float]]]:
         """``step_loss(item)`` for `tts_bpeft.training.train`: the batch mean of the fine-tuning objective
         (the loss ``terms`` with ``weights``; None: the family's defaults) as a scalar tensor, and the
@@ -218,3 +222,23 @@ def family(name: str) -> ModelFamily:
     except ModuleNotFoundError as err:
         raise ImportError(f"model family {name!r} needs {module_name}, which cannot be imported: {err}") from err
     return getattr(module, class_name)()
+
+
+def estimate_pretraining_curvature(model_family: ModelFamily, model: TTSModel, utterances: Sequence[Utterance],
+                                   method: str = "kfac", fisher: str = "empirical", kfac_approx: str = "expand",
+                                   terms: Sequence[str] | None = None, batch_size: int = 1, mc_samples: int = 1,
+                                   options: DataOptions | None = None, seed: int = 0, description: str = "",
+                                   progress: bool = True) -> Curvature:
+    """The curvature of ``model``'s LoRA targets on pre-training ``utterances``: the family's
+    :meth:`~ModelFamily.curvature_batches` and :meth:`~ModelFamily.per_sample_loss` given to
+    `tts_bpeft.estimate_curvature` (adapters disabled while measuring, modules in eval mode, no dropout).
+
+    The model must carry LoRA (:meth:`ModelFamily.add_preset`), whose targets name the curvature's layers.
+    ``method``: ``"kfac"``, ``"ewc"`` or ``"ekfac"``; ``fisher``: ``"empirical"`` or ``"mc"`` (``mc_samples``
+    sampled targets per sample); ``terms``: the likelihood terms (None: the family's).
+    """
+    batches = model_family.curvature_batches(model, utterances, batch_size, seed, options)
+    loss_fn = model_family.per_sample_loss(model, fisher, terms, seed, options)
+    return estimate_curvature(model.net, batches, loss_fn, method=method, fisher=fisher, kfac_approx=kfac_approx,
+                              mc_samples=mc_samples, mode="eval", seed=seed, progress=progress,
+                              description=description or f"{len(utterances)} utterances, terms {terms}")

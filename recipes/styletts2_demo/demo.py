@@ -42,9 +42,10 @@ from tts_bpeft.speech_data.libritts import read_libritts
 from tts_bpeft.speech_data.phonemes import Phonemizer
 from tts_bpeft.speech_data.selection import split_per_speaker
 from tts_bpeft.speech_data.synthetic import Voice, available_voices, make_libritts, make_vctk
+from tts_bpeft.styletts2.build import count_parameters
+from tts_bpeft.styletts2.checkpoints import save_checkpoint
 from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature
 from tts_bpeft.styletts2.finetune import build_base, finetune, heldout_loss, load_run, target_splits
-from tts_bpeft.styletts2.model import count_parameters, save_checkpoint
 from tts_bpeft.styletts2.presets import add_preset_lora
 
 TARGET = "p248"

@@ -16,17 +16,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tts_bpeft.eval.scoring import load_asr
 from tts_bpeft.eval.speaker import load_speaker_encoder
-from tts_bpeft.eval.zero_shot import (
-    PAPER_TARGET_SPEAKER,
-    TargetSplit,
-    build_test_sets,
-    collect_systems,
-    evaluate_zero_shot,
-    load_asr,
-    styletts2_loader,
-    target_speaker,
-)
+from tts_bpeft.eval.synthesis import family_loader
+from tts_bpeft.eval.systems import collect_systems, target_speaker
+from tts_bpeft.eval.test_sets import PAPER_TARGET_SPEAKER, TargetSplit, build_test_sets
+from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 
 
 def _path(value: str | None) -> str | None:
@@ -65,7 +60,7 @@ def main(cfg: DictConfig) -> None:
     threads = {"cpu_threads": int(cfg.cpu_threads)} if cfg.cpu_threads and cfg.asr.backend == "faster-whisper" else {}
     asr, why = load_asr(cfg.asr.backend, _folder_or_id(cfg.asr.model_dir), cfg.device, **threads)
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
-    loader = styletts2_loader(cfg.device, inference, cfg.seed, _path(cfg.phoneme_cache))
+    loader = family_loader(cfg.device, inference, cfg.seed, _path(cfg.phoneme_cache))
     evaluate_zero_shot(systems, test_sets, out_dir, loader, encoder, asr, why, sim_refs=cfg.similarity.references,
                        inference=inference, seed=cfg.seed, cache_dir=_path(cfg.cache_dir), overwrite=cfg.overwrite,
                        plots=cfg.plots, progress=cfg.progress)
