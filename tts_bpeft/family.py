@@ -44,11 +44,23 @@ ModelNet = nn.Module | MutableMapping[str, nn.Module]
 PerSampleLoss = Callable[[ModelNet, Any], Tensor | Sequence[Likelihood]]
 """``loss_fn(net, batch)``: per-sample losses (B,) or the likelihood terms of the batch's outputs."""
 
-FAMILIES: dict[str, str] = {
-    "styletts2": "tts_bpeft.styletts2.family:StyleTTS2Family",
-    "kokoro": "tts_bpeft.kokoro.family:KokoroFamily",
+@dataclass(frozen=True)
+class FamilyEntry:
+    """A registered family: ``implementation``, the ``"module:Class"`` implementing :class:`ModelFamily`
+    (imported on first use); ``model_paths``, the dotted keys of its model settings that hold file paths
+    (made absolute against the folder they were written from, `tts_bpeft.runs.resolve_paths`; known
+    without importing the family)."""
+
+    implementation: str
+    model_paths: tuple[str, ...] = ()
+
+
+FAMILIES: dict[str, FamilyEntry] = {
+    "styletts2": FamilyEntry("tts_bpeft.styletts2.family:StyleTTS2Family",
+                             ("config", "checkpoint", "aux.asr", "aux.pitch", "aux.plbert")),
+    "kokoro": FamilyEntry("tts_bpeft.kokoro.family:KokoroFamily"),
 }
-"""Family name -> ``module:class`` implementing :class:`ModelFamily`, imported on first use."""
+"""Family name -> its entry."""
 
 
 @dataclass
@@ -136,15 +148,12 @@ class ModelFamily(Protocol):
 
     ``name`` is its registry name (the ``family`` field of a run's ``run.json``); ``sample_rate`` the rate
     of its waves in Hz; ``clones_voices``: True when :meth:`synthesizer` accepts ``Voice.clone``
-    references (zero-shot cloning), False when it speaks only its built-in :meth:`voices`;
-    ``model_paths``: the dotted keys of the model settings that hold file paths (made absolute against the
-    folder they were written from, `tts_bpeft.runs.resolve_paths`).
+    references (zero-shot cloning), False when it speaks only its built-in :meth:`voices`.
     """
 
     name: str
     sample_rate: int
     clones_voices: bool
-    model_paths: tuple[str, ...]
 
     def build(self, settings: Mapping[str, Any], device: str | torch.device = "cpu", seed: int = 0) -> TTSModel:
         """The pre-trained model the settings name (random weights where they name no checkpoint, drawn
@@ -212,16 +221,25 @@ class ModelFamily(Protocol):
         ...
 
 
-def family(name: str) -> ModelFamily:
-    """The family registered as ``name`` (see :data:`FAMILIES`), its module imported now."""
+def _entry(name: str) -> FamilyEntry:
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known families: {sorted(FAMILIES)}")
-    module_name, class_name = FAMILIES[name].split(":")
+    return FAMILIES[name]
+
+
+def family(name: str) -> ModelFamily:
+    """The family registered as ``name`` (see :data:`FAMILIES`), its module imported now."""
+    module_name, class_name = _entry(name).implementation.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         raise ImportError(f"model family {name!r} needs {module_name}, which cannot be imported: {err}") from err
     return getattr(module, class_name)()
+
+
+def model_paths(name: str) -> tuple[str, ...]:
+    """The dotted keys of family ``name``'s model settings that hold file paths (no import of the family)."""
+    return _entry(name).model_paths
 
 
 def estimate_pretraining_curvature(model_family: ModelFamily, model: TTSModel, utterances: Sequence[Utterance],

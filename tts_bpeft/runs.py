@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .family import TTSModel, family
+from .family import TTSModel, family, model_paths
 from .io import save_json, save_safetensors
 from .lora import load_adapter, save_adapter
 from .lora.targets import as_module
@@ -98,7 +98,7 @@ class Run:
 
     def model_settings(self) -> dict[str, Any]:
         """The base model's settings, relative paths resolved against the run folder."""
-        return resolve_paths(self.settings.get("model") or {}, family(self.family).model_paths, self.folder)
+        return resolve_paths(self.settings.get("model") or {}, model_paths(self.family), self.folder)
 
 
 def write_run(folder: str | os.PathLike, settings: Mapping[str, Any], family_name: str) -> Run:

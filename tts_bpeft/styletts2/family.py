@@ -85,7 +85,6 @@ class StyleTTS2Family:
     name = "styletts2"
     sample_rate = SAMPLE_RATE
     clones_voices = True
-    model_paths = ("config", "checkpoint", "aux.asr", "aux.pitch", "aux.plbert")
 
     def build(self, settings: Mapping[str, Any], device: str | torch.device = "cpu", seed: int = 0) -> TTSModel:
         """The 13-module model of ``settings`` (see the module docstring), train mode, on ``device``."""
