@@ -66,7 +66,7 @@ def test_recipes_end_to_end(tiny, tmp_path):
 
     clm = _run("finetune_clm", common + [
         f"data.files=[{root / 'news_train.txt'}]", f"data.validation_files=[{root / 'news_dev.txt'}]",
-        "data.block_size=32", "prior.method=l2sp", "prior.lam=1e-3", f"output_dir={tmp_path / 'clm'}"])["metrics"]
+        "data.block_size=32", "prior.kind=l2sp", "prior.lam=1e-3", f"output_dir={tmp_path / 'clm'}"])["metrics"]
     assert clm["history"][-1]["validation_perplexity"] == pytest.approx(clm["perplexity"])
     clm_eval = _run("evaluate", [f"model={model}", "kind=clm", f"adapter={tmp_path / 'clm' / 'adapter'}",
                                  f"target.files=[{root / 'news_dev.txt'}]", "target.block_size=32",
@@ -95,7 +95,7 @@ def test_select_strength_recipe(tiny, tmp_path):
     overrides = [f"model={model}", "lora.r=4", "lora.alpha=8", "train.epochs=1", "train.batch_size=8",
                  "train.lr=3e-2", f"data.files=[{root / 'news_train.txt'}]",
                  f"data.validation_files=[{root / 'news_dev.txt'}]", "data.block_size=32",
-                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.method=kfac", "selection.second=damping",
+                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.kind=kfac", "selection.second=damping",
                  "selection.mus=[0.0,0.3]",
                  f"prior.curvature={tmp_path / 'curvature_kfac.safetensors'}", "selection.tolerance=0.01",
                  "selection.lam0=10", "selection.steps=1", "selection.factor=100", f"output_dir={tmp_path / 'sel'}"]
