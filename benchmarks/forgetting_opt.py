@@ -64,15 +64,15 @@ from tts_bpeft.text.corpora import lee_news, wikipedia_articles
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1.0, 1.02, 1.05, 1.1, 1.2, 1.3)
-# prior name -> its method, whether damped (--damping), what is mixed in (--mu)
+# prior name -> its kind, whether damped (--damping), what is mixed in (--mu)
 PRIORS = {
-    "l2sp": {"method": "l2sp"},
-    "ewc": {"method": "ewc"},
-    "kfac": {"method": "kfac"},
-    "ekfac": {"method": "ekfac"},
-    "kfac-damped": {"method": "kfac", "damped": True},
-    "kfac+l2sp": {"method": "kfac", "mix": "l2sp"},
-    "kfac+ewc": {"method": "kfac", "mix": "ewc"},
+    "l2sp": {"kind": "l2sp"},
+    "ewc": {"kind": "ewc"},
+    "kfac": {"kind": "kfac"},
+    "ekfac": {"kind": "ekfac"},
+    "kfac-damped": {"kind": "kfac", "damped": True},
+    "kfac+l2sp": {"kind": "kfac", "mix": "l2sp"},
+    "kfac+ewc": {"kind": "kfac", "mix": "ewc"},
 }
 # families: per budget the member (and lam) is chosen on the validation split
 FAMILIES = {"kfac or kfac-damped": ("kfac", "kfac-damped"), "kfac or kfac+l2sp": ("kfac", "kfac+l2sp")}
@@ -200,8 +200,8 @@ class Bench:
         if name == "none":
             return None
         spec = PRIORS[name]
-        options = {"lam": lam, "scaling": "relative", "method": spec["method"],
-                   "curvature": self.curvatures.get(spec["method"])}
+        options = {"lam": lam, "scaling": "relative", "kind": spec["kind"],
+                   "curvature": self.curvatures.get(spec["kind"])}
         if spec.get("damped"):
             options["damping"] = self.args.damping
         if spec.get("mix"):

@@ -93,7 +93,7 @@ def test_relative_scaling_is_the_fisher_weighted_relative_weight_change(setup):
     numel = sum(targets[n].weight().numel() for n in NAMES)
     # L2-SP: exactly sum ||dW||^2 / sum ||W0||^2
     l2 = _dense(lambda n, dW: (dW**2).sum(), model)
-    check_against(LaplacePrior(method="l2sp", scaling="relative").penalty(model), l2 / base_sq, lora_params(model))
+    check_against(LaplacePrior(kind="l2sp", scaling="relative").penalty(model), l2 / base_sq, lora_params(model))
     # KFAC: the Fisher quadratic over (mean eigenvalue over all adapted weights * sum ||W0||^2)
     trace = sum(float(kfac.factors(n)["A"].double().trace() * kfac.factors(n)["G"].double().trace()) for n in NAMES)
     expected = _dense(lambda n, dW: dense_kfac(dW, kfac.terms(n)), model) / (trace / numel * base_sq)
@@ -118,7 +118,7 @@ def test_relative_scaling_puts_methods_on_one_footing(setup, ekfac):
     method charges about what L2-SP charges (averaged over many random directions)."""
     model, kfac, ewc, _ = setup
     g = torch.Generator().manual_seed(0)
-    priors = {"l2sp": LaplacePrior(method="l2sp", scaling="relative"),
+    priors = {"l2sp": LaplacePrior(kind="l2sp", scaling="relative"),
               "kfac": LaplacePrior(kfac, scaling="relative"), "ewc": LaplacePrior(ewc, scaling="relative"),
               "ekfac": LaplacePrior(ekfac, scaling="relative")}
     totals = dict.fromkeys(priors, 0.0)
@@ -138,7 +138,7 @@ def test_relative_scaling_puts_methods_on_one_footing(setup, ekfac):
 
 def test_form_options_are_checked(setup):
     _, kfac, ewc, _ = setup
-    with pytest.raises(ValueError, match="damping applies to the kfac method only"):
+    with pytest.raises(ValueError, match="damping applies to the kfac prior only"):
         package_prior(ewc, damping=0.1)
     with pytest.raises(ValueError, match="needs a form to mix in"):
         package_prior(kfac, mu=0.1)
@@ -158,12 +158,12 @@ def test_load_prior_reads_and_checks_the_files(setup, ekfac, tmp_path):
     direct = LaplacePrior(kfac, lam=2.0, damping=0.1, mix=ewc, mu=0.2, scaling="relative")
     torch.testing.assert_close(loaded.penalty(model), direct.penalty(model))
     torch.testing.assert_close(load_prior(model, "l2sp", scaling="package").penalty(model),
-                               LaplacePrior(method="l2sp", scaling="package").penalty(model))
+                               LaplacePrior(kind="l2sp", scaling="package").penalty(model))
     with pytest.raises(ValueError, match=r"ewc.safetensors: holds a ewc estimate, the prior is 'kfac'"):
         load_prior(model, "kfac", curvature=ewc_path)
     with pytest.raises(ValueError, match="needs a curvature file"):
         load_prior(model, "ekfac")
     with pytest.raises(FileNotFoundError, match="missing.safetensors: no such curvature file"):
         load_prior(model, "kfac", curvature=tmp_path / "missing.safetensors")
-    with pytest.raises(ValueError, match="prior kind must be"):
+    with pytest.raises(ValueError, match=r"prior kind \('none' for no prior\) must be one of 'l2sp', 'ewc', 'kfac', 'ekfac'"):
         load_prior(model, "fisher")

@@ -44,11 +44,12 @@ def _model():
 def test_interrupted_fit_resumes_to_the_same_weights_and_history(tmp_path):
     """Stopped mid-epoch (after a checkpoint), rerun: the same weights as one uninterrupted run; the warm-up
     and decay restart where they were (the scheduler is checkpointed) and the per-epoch metrics are kept."""
-    settings = dict(prior=LaplacePrior(None, lam=1.0, method="l2sp"), lr=1e-2, epochs=3, warmup_ratio=0.3,
+    settings = dict(prior=LaplacePrior(None, lam=1.0, kind="l2sp"), lr=1e-2, epochs=3, warmup_ratio=0.3,
                     progress=False, checkpoint_every=2)
 
     def metric(model):
-        return lambda epoch: {"lora_norm": float(sum(p.detach().norm() for n, p in model.named_parameters() if "lora_" in n))}
+        params = [p for n, p in model.named_parameters() if "lora_" in n]
+        return lambda epoch: {"lora_norm": float(sum(p.detach().norm() for p in params))}
 
     whole = _model()
     reference = fit(whole, lm_loader(BLOCKS, 1, 4, shuffle=True, seed=1), clm_loss, tmp_path / "whole",

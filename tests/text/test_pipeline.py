@@ -130,7 +130,7 @@ def test_clm_lora_finetune_reduces_target_loss(tiny, tmp_path):
     docs = load_documents(files=tiny["root"] / "news_train.txt", split_on="line")
     loader = lm_loader(document_blocks(tok, docs, 32), tok.pad_token_id, 5, shuffle=True)
     before = perplexity(model, loader, progress=False)["nll"]
-    history = fit(model, loader, clm_loss, tmp_path, prior=LaplacePrior(None, lam=1e-3, method="l2sp"), lr=2e-2,
+    history = fit(model, loader, clm_loss, tmp_path, prior=LaplacePrior(None, lam=1e-3, kind="l2sp"), lr=2e-2,
                   epochs=2, progress=False)["history"]
     assert len(history) == 2 and history[-1]["steps"] == 2 * len(loader)
     assert perplexity(model, loader, progress=False)["nll"] < before
