@@ -38,9 +38,9 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from .. import __version__
 from ..io import save_safetensors
 from ..lora.targets import LoraTarget, lora_targets
+from ..version import __version__
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _check_factor(where: str, key: str, value: Tensor, size: int) -> None:
 
 @dataclass
 class Curvature:
-    """A curvature estimate (KFAC or EWC) for a set of named weight matrices; see the module docstring."""
+    """A curvature estimate (KFAC, EWC or EKFAC) for a set of named weight matrices; see the module docstring."""
 
     method: str
     fisher: str
