@@ -262,7 +262,7 @@ class LaplacePrior:
         out = {}
         normaliser = self.normaliser(model)
         for name, target in self._targets_of(model).items():
-            B, A, scale = target.factors()
+            B, A, scale = target.lora_factors()
             main, other, weight = self.forms(name)
             # autocast is switched off for the device the factors live on (a CPU model on a CUDA machine
             # runs under CPU autocast, which disabling "cuda" autocast would leave on)

@@ -26,7 +26,7 @@ from tts_bpeft.text import (
     load_glue,
     load_tokenizer,
 )
-from tts_bpeft.text.recipe import build_prior, finish, fit_from_config, log, model_path, path
+from tts_bpeft.text.recipe import build_prior, finish, fit_and_save, log, model_path, path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -45,15 +45,9 @@ def run(cfg: DictConfig) -> dict:
     dev_loader = classification_loader(encode_examples(tokenizer, dev, cfg.data.max_length), pad,
                                        cfg.train.eval_batch_size)
     log.info("%s: %d train / %d validation examples, prior %s", cfg.task, len(train), len(dev), cfg.prior.kind)
-    out = Path(path(cfg.output_dir))
-    history = fit_from_config(model, train_loader, classification_loss, prior, cfg.train, out, cfg.seed,
-                              lambda epoch: {"validation_accuracy": accuracy(model, dev_loader)["accuracy"]})
-    model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
-    metrics = {**accuracy(model, dev_loader), "history": history, "adapter": str(out / "adapter")}
-    if prior is not None:
-        metrics["penalty"] = float(prior.penalty(model).detach())
-    return finish(cfg, out, metrics, "finetune")
+    metrics = fit_and_save(cfg, model, tokenizer, train_loader, classification_loss, prior,
+                           lambda: accuracy(model, dev_loader), "accuracy")
+    return finish(cfg, Path(path(cfg.output_dir)), metrics, "finetune")
 
 
 @hydra.main(config_path="conf", config_name="finetune_glue", version_base="1.3")

@@ -317,7 +317,7 @@ def test_factors_and_matrix_view(case):
         assert list(targets) == ["layer"]
     for t in targets.values():
         assert t.kind == case.kind
-        B, A, scale = t.factors()
+        B, A, scale = t.lora_factors()
         assert scale == 2.0
         if case.kind == "lstm":
             expected = getattr(layer, t.param)

@@ -63,7 +63,7 @@ def test_kfac_penalty_and_gradients_equal_the_dense_kronecker_form(setup):
 def test_ewc_and_l2sp_equal_their_dense_forms(setup):
     model, _, ewc, _ = setup
     layers = layers_of(model)
-    dense_ewc = sum((ewc.factors(n)["diag"].double() * lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
+    dense_ewc = sum((ewc.term(n)["diag"].double() * lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
     check_against(package_prior(ewc, lam=1.5).penalty(model), 1.5 * dense_ewc, lora_params(model))
     def dense_l2():
         return sum((lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)

@@ -47,13 +47,14 @@ def curvatures(tiny):
 def test_curvature_on_opt_layers_and_file(curvatures, tiny, tmp_path):
     kfac = curvatures["kfac"]
     assert sorted(kfac.names) == sorted(f"model.decoder.layers.{i}.self_attn.{p}" for i in (0, 1) for p in TARGETS)
-    assert kfac.samples == 24 and kfac.factors(kfac.names[0])["A"].shape == (16, 16)
-    assert curvatures["ewc"].factors(kfac.names[0])["diag"].shape == (16, 16)
+    assert kfac.samples == 24 and kfac.kronecker_factors(kfac.names[0]).input_cov.shape == (16, 16)
+    assert curvatures["ewc"].term(kfac.names[0])["diag"].shape == (16, 16)
     assert curvatures["kfac_mc"].fisher == "mc"
     # the same file serves the classifier: same module names, same base weights (fingerprint)
     classifier = add_lora_with_head(load_classifier(tiny["model"], 2, 1), TARGETS, r=4, alpha=8)
     loaded = Curvature.load(kfac.save(tmp_path / "c.safetensors"), classifier)
-    torch.testing.assert_close(loaded.factors(kfac.names[0])["G"], kfac.factors(kfac.names[0])["G"])
+    name = kfac.names[0]
+    torch.testing.assert_close(loaded.kronecker_factors(name).grad_cov, kfac.kronecker_factors(name).grad_cov)
 
 
 def _train_classifier(tiny, curvature, lam, out_dir, epochs=6):

@@ -3,7 +3,7 @@
 from .estimate import estimate_curvature, layer_targets
 from .likelihoods import Categorical, Gaussian, Laplace, Likelihood
 from .options import CurvatureMethod, Fisher, KfacApprox
-from .storage import Curvature, LayerCurvature, fingerprint
+from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint
 
-__all__ = ["Categorical", "Curvature", "CurvatureMethod", "Fisher", "Gaussian", "KfacApprox", "Laplace",
-           "LayerCurvature", "Likelihood", "estimate_curvature", "fingerprint", "layer_targets"]
+__all__ = ["Categorical", "Curvature", "CurvatureMethod", "Fisher", "Gaussian", "KfacApprox", "KroneckerFactors",
+           "Laplace", "LayerCurvature", "Likelihood", "estimate_curvature", "fingerprint", "layer_targets"]

@@ -17,7 +17,7 @@ from ..lora.targets import LoraTarget, as_module, lora_targets, weight_entries
 from .capture import CurvatureCapture, LayerStatistics
 from .likelihoods import Likelihood
 from .options import CurvatureMethod, Fisher, KfacApprox
-from .storage import Curvature, LayerCurvature, fingerprint, layer_fingerprint
+from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint, layer_fingerprint
 
 LossOutput = Tensor | Likelihood | Sequence[Likelihood]
 
@@ -172,7 +172,7 @@ def estimate_curvature(
         kfac = estimate_curvature(model, batches, loss_fn, method="kfac", fisher=fisher, kfac_approx=kfac_approx,
                                   targets=chosen, mc_samples=mc_samples, adapter_name=adapter_name, mode=mode,
                                   seed=seed, description=description, distributed=distributed, progress=progress)
-        bases = {n: kfac_eigenbasis(kfac.factors(n)) for n in chosen}
+        bases = {n: kfac_eigenbasis(kfac.kronecker_factors(n)) for n in chosen}
     capture = CurvatureCapture(chosen, method, kfac_approx, bases)
     samples = _measure(model, root, chosen, batches, loss_fn, capture, fisher, draws, mode, seed, progress,
                        distributed)
@@ -182,9 +182,9 @@ def estimate_curvature(
                      fingerprint(chosen), description)
 
 
-def kfac_eigenbasis(term: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """The eigenvectors ``(Q_A, Q_G)`` (columns, float32) of a dense KFAC term's factors."""
-    return tuple(torch.linalg.eigh(term[key].double()).eigenvectors.float().contiguous() for key in ("A", "G"))
+def kfac_eigenbasis(factors: KroneckerFactors) -> tuple[Tensor, Tensor]:
+    """The eigenvectors ``(Q_A, Q_G)`` (columns, float32) of the input and the gradient covariance."""
+    return tuple(torch.linalg.eigh(f.double()).eigenvectors.float().contiguous() for f in factors)
 
 
 def _measure(model, root: nn.Module, chosen: Mapping[str, LoraTarget], batches: Iterable[Any], loss_fn,

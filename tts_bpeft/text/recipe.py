@@ -68,14 +68,25 @@ def build_prior(cfg: DictConfig, model: nn.Module) -> LaplacePrior | None:
     return load_prior(model, cfg.kind, **options)
 
 
-def fit_from_config(model: nn.Module, loader: DataLoader, loss_fn: Callable[[nn.Module, Any], Tensor],
-                    prior: LaplacePrior | None, train: DictConfig, out_dir: Path, seed: int,
-                    on_epoch_end: Callable[[int], Mapping[str, float]] | None = None) -> list[dict[str, float]]:
-    """`tts_bpeft.text.fit` with the settings of a ``train`` config group (lr, epochs, weight_decay,
-    warmup_ratio, max_grad_norm, max_steps), checkpointing in `out_dir`; returns the per-epoch history."""
-    return fit(model, loader, loss_fn, out_dir, prior=prior, lr=train.lr, epochs=train.epochs,
-               weight_decay=train.weight_decay, warmup_ratio=train.warmup_ratio, max_grad_norm=train.max_grad_norm,
-               max_steps=train.max_steps, seed=seed, on_epoch_end=on_epoch_end)["history"]
+def fit_and_save(cfg: DictConfig, model: nn.Module, tokenizer: Any, loader: DataLoader,
+                 loss_fn: Callable[[nn.Module, Any], Tensor], prior: LaplacePrior | None,
+                 evaluate: Callable[[], Mapping[str, float]], metric: str) -> dict[str, Any]:
+    """Fine-tune with `tts_bpeft.text.fit` and the ``train`` group's settings (lr, epochs, weight_decay,
+    warmup_ratio, max_grad_norm, max_steps), checkpointing in ``output_dir`` and recording
+    ``validation_<metric>`` of `evaluate()` after each epoch; save the adapter and the tokenizer in
+    ``<output_dir>/adapter``. Returns `evaluate()`'s final metrics, the per-epoch ``history``, the ``adapter``
+    folder and, with a prior, the final ``penalty``."""
+    out, train = Path(path(cfg.output_dir)), cfg.train
+    history = fit(model, loader, loss_fn, out, prior=prior, lr=train.lr, epochs=train.epochs,
+                  weight_decay=train.weight_decay, warmup_ratio=train.warmup_ratio, max_grad_norm=train.max_grad_norm,
+                  max_steps=train.max_steps, seed=cfg.seed,
+                  on_epoch_end=lambda epoch: {f"validation_{metric}": evaluate()[metric]})["history"]
+    model.save_pretrained(str(out / "adapter"))
+    tokenizer.save_pretrained(str(out / "adapter"))
+    metrics = {**evaluate(), "history": history, "adapter": str(out / "adapter")}
+    if prior is not None:
+        metrics["penalty"] = float(prior.penalty(model).detach())
+    return metrics
 
 
 def finish(cfg: DictConfig, out_dir: Path, metrics: dict[str, Any], name: str) -> dict[str, Any]:
@@ -109,17 +120,11 @@ def finetune_clm(cfg: DictConfig) -> dict[str, Any]:
     dev_loader = lm_loader(packed_blocks(tokenizer, dev_docs, size), pad, cfg.train.eval_batch_size)
     log.info("%d train blocks, %d validation blocks of %d tokens, prior %s", len(train_loader.dataset),
              len(dev_loader.dataset), size, cfg.prior.kind)
-    out = Path(path(cfg.output_dir))
-    history = fit_from_config(model, train_loader, clm_loss, prior, cfg.train, out, cfg.seed,
-                              lambda epoch: {"validation_perplexity": perplexity(model, dev_loader)["perplexity"]})
-    model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
-    metrics = {**perplexity(model, dev_loader), "history": history, "adapter": str(out / "adapter")}
+    metrics = fit_and_save(cfg, model, tokenizer, train_loader, clm_loss, prior,
+                           lambda: perplexity(model, dev_loader), "perplexity")
     if cfg.get("heldout") and (cfg.heldout.get("files") or cfg.heldout.get("hub")):
         # forgetting: held-out pre-training text under the fine-tuned model
         heldout = lm_loader(packed_blocks(tokenizer, documents(cfg.heldout), cfg.heldout.block_size), pad,
                             cfg.train.eval_batch_size)
         metrics["heldout_perplexity"] = perplexity(model, heldout, desc="held-out ppl")["perplexity"]
-    if prior is not None:
-        metrics["penalty"] = float(prior.penalty(model).detach())
-    return finish(cfg, out, metrics, "finetune")
+    return finish(cfg, Path(path(cfg.output_dir)), metrics, "finetune")
