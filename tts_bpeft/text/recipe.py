@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..choices import Choice
 from ..io import save_json
 from ..lora import add_lora
 from ..prior import LaplacePrior, load_prior
@@ -26,6 +27,13 @@ from .metrics import perplexity
 from .models import load_causal_lm, load_tokenizer
 
 log = logging.getLogger("opt_glue")
+
+
+class TaskType(Choice):
+    """What an OPT adapter was fine-tuned for: a GLUE classification task or causal-LM text."""
+
+    GLUE = "glue"
+    CLM = "clm"
 
 
 def path(value: str | None) -> str | None:
