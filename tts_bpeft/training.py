@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,15 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
 
 StepLoss = Callable[[Any], tuple[Tensor, dict[str, float]]]
+
+
+class Stateful(Protocol):
+    """Anything else that training changes and a resume must restore (e.g. a discriminator and its
+    optimizer): its ``state_dict()`` must hold only what ``torch.load(weights_only=True)`` reads."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
 @dataclass
@@ -70,20 +79,25 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
-                    position: Mapping[str, int], buffers: Mapping[str, Tensor] | None = None) -> None:
+                    position: Mapping[str, int], buffers: Mapping[str, Tensor] | None = None,
+                    extra_state: Mapping[str, Stateful] | None = None) -> None:
     """Trainable tensors, other state that training changes (`buffers`: running statistics, spectral-norm
-    vectors), optimizer state, RNG states and data position, written atomically."""
+    vectors; `extra_state`: objects with their own state dicts), optimizer state, RNG states and data
+    position, written atomically."""
     state = {"trainable": {k: v.detach().cpu() for k, v in trainable.items()},
              "buffers": {k: v.detach().cpu() for k, v in (buffers or {}).items()},
+             "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
              "optimizer": optimizer.state_dict(), "rng": _rng_state(), "position": dict(position)}
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
-                    buffers: Mapping[str, Tensor] | None = None) -> dict[str, int]:
+                    buffers: Mapping[str, Tensor] | None = None, extra_state: Mapping[str, Stateful] | None = None
+                    ) -> dict[str, int]:
     """Restore a checkpoint written by `save_checkpoint`; returns the data position."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing = sorted(set(trainable) - set(state["trainable"])) + sorted(set(buffers or {}) - set(state["buffers"]))
+    missing += sorted(set(extra_state or {}) - set(state.get("extra", {})))
     if missing:
         raise ValueError(f"{path}: checkpoint lacks trainable tensors {missing[:5]}; was it written by "
                          "another configuration? Delete it or choose another output folder")
@@ -92,6 +106,8 @@ def load_checkpoint(path: Path, trainable: Mapping[str, Tensor], optimizer: torc
             tensor.copy_(state["trainable"][name])
         for name, tensor in (buffers or {}).items():
             tensor.copy_(state["buffers"][name])
+    for name, obj in (extra_state or {}).items():
+        obj.load_state_dict(state["extra"][name])
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
     return state["position"]
@@ -124,14 +140,17 @@ class CsvLog:
 def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
           batches: Callable[[int], Sized], step_loss: StepLoss, out_dir: str | os.PathLike,
           settings: TrainSettings | None = None, penalty: Callable[[], Tensor] | None = None,
-          resume: bool = True, buffers: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
+          resume: bool = True, buffers: Mapping[str, Tensor] | None = None,
+          extra_state: Mapping[str, Stateful] | None = None) -> dict[str, Any]:
     """Train `trainable` (name -> tensor with requires_grad) with `optimizer`.
 
     `batches(epoch)` gives this process's batches of one epoch (deterministically; a sized iterable such as
     a DataLoader, so that its length is known without loading it); `step_loss(batch)`
     returns the mean loss of a batch and floats to log. `penalty()` (e.g. ``lambda: prior.penalty(model)``)
     is added once per optimizer step. `buffers` (name -> tensor) are non-trained tensors that forward passes
-    change (BatchNorm statistics, spectral-norm vectors): checkpointed too, so that resuming is exact.
+    change (BatchNorm statistics, spectral-norm vectors): checkpointed too, so that resuming is exact;
+    `extra_state` (name -> object with ``state_dict``/``load_state_dict``, e.g. discriminators trained
+    inside `step_loss`) likewise.
     Returns ``{"steps", "epochs", "seconds", "last": last log row}``.
     """
     settings = settings or TrainSettings()
@@ -143,7 +162,7 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
         stale.unlink()  # left by a run killed while writing; the previous checkpoint is intact
     position = {"step": 0, "epoch": 0, "batch": 0}
     if resume and ckpt.is_file():
-        position = load_checkpoint(ckpt, trainable, optimizer, buffers)
+        position = load_checkpoint(ckpt, trainable, optimizer, buffers, extra_state)
     log = CsvLog(out_dir / LOG_NAME, position["step"])
     per_epoch = len(batches(0))
     steps_per_epoch = max(1, math.ceil(per_epoch / settings.grad_accum))
@@ -156,7 +175,8 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
 
     def checkpoint(epoch: int, batch: int) -> None:
         if rank == 0:
-            save_checkpoint(ckpt, trainable, optimizer, {"step": step, "epoch": epoch, "batch": batch}, buffers)
+            save_checkpoint(ckpt, trainable, optimizer, {"step": step, "epoch": epoch, "batch": batch}, buffers,
+                            extra_state)
             log.flush()
 
     for epoch in range(position["epoch"], settings.epochs):
