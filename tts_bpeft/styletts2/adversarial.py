@@ -77,6 +77,7 @@ class Discriminators:
                                                    weight_decay=weight_decay)
                            for name, module in self.modules.items()}
         self.calls = 0
+        self.logged = ("d_loss", "d_slm") if slm is not None else ("d_loss",)
         for module in self.modules.values():
             module.requires_grad_(False)
 

@@ -9,8 +9,12 @@ Systems (``system``):
 - ``linear``: the weights and biases of every nn.Linear in the paper preset's modules trained
   (the reference's "Linear-only" fine-tuning).
 
-The objective is StyleTTS 2's second-stage generator loss (`tts_bpeft.styletts2.losses`); the optimiser
-the reference's: AdamW, betas (0, 0.99), eps 1e-9, weight decay 1e-4, constant lr 1e-4 (1e-5 for PL-BERT).
+The objective is the official ``train_finetune.py``'s (`tts_bpeft.styletts2.losses`): the generator loss
+with the adversarial (mpd/msd), WavLM feature and SLM adversarial terms, style diffusion from
+``loss.diff_epoch``, SLM adversarial from ``loss.joint_epoch``, the discriminators trained every step
+(`tts_bpeft.styletts2.adversarial`; their weights and optimizers are in ``checkpoint.pt``); every term
+switchable in ``loss.terms``. The optimiser is the reference's: AdamW, betas (0, 0.99), eps 1e-9, weight
+decay 1e-4, constant lr 1e-4 (1e-5 for PL-BERT); the discriminators' the same at ``optim.lr``.
 A run folder holds ``run.json`` (resolved settings), ``checkpoint.pt`` (resumable), ``log.csv``, and the
 result: ``adapter/`` (peft files) for LoRA or ``trainable.safetensors`` for the baselines.
 `load_run` rebuilds the fine-tuned model from a run folder.
@@ -36,6 +40,7 @@ from ..io import save_json, save_safetensors
 from ..lora import load_adapter, merged_state_dict, save_adapter
 from ..prior import LaplacePrior, load_prior
 from ..training import TrainSettings, train
+from .adversarial import Discriminators
 from .curvature import LIKELIHOOD_TERMS, utterance_seed
 from .data.dataset import TTSDataset, collate
 from .data.records import Utterance
@@ -45,6 +50,8 @@ from .data.vctk import read_vctk
 from .losses import GeneratorObjective
 from .model import GENERATOR_MODULES, TINY_CONFIG, build_styletts2, load_checkpoint, load_config, save_checkpoint
 from .presets import PRESETS, add_preset_lora
+from .slm import SpeechLanguageModel, load_slm
+from .slm_generation import GenerationSettings
 
 SYSTEMS = ("lora", "full", "linear")
 
@@ -115,6 +122,18 @@ def build_prior(model: Munch, prior_cfg: Mapping[str, Any]) -> LaplacePrior | No
     return load_prior(model, prior_cfg["kind"], **options)
 
 
+def build_slm(cfg: Mapping[str, Any], config: Mapping[str, Any], device: torch.device
+              ) -> SpeechLanguageModel | None:
+    """The WavLM of a run whose ``loss.terms`` include slm or slmadv (else None): ``model.slm`` (hub id or
+    folder) or the model config's ``model_params.slm.model``; the tiny config's random tiny WavLM."""
+    if not {"slm", "slmadv"} & set(cfg["loss"]["terms"]):
+        return None
+    tiny = cfg["model"].get("config", "tiny") == "tiny"
+    slm = load_slm(config["model_params"]["slm"], source=cfg["model"].get("slm"),
+                   sample_rate=config.get("preprocess_params", {}).get("sr", 24000), tiny=tiny)
+    return slm.to(device)
+
+
 def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[Utterance] | None = None
              ) -> dict[str, Any]:
     """Fine-tune as `cfg` says (the hydra config of ``recipes/styletts2_vctk/finetune.py``) into `out_dir`.
@@ -159,8 +178,17 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
         return DataLoader(dataset, batch_size=optim["batch_size"], sampler=sampler, collate_fn=lambda items: (
             epoch, collate(items, [reference(it) for it in items], dataset.ref_frames)))
 
-    objective = GeneratorObjective(model, config, terms=cfg["loss"]["terms"], weights=cfg["loss"].get("weights"),
-                                   max_frames=cfg["loss"].get("max_frames"))
+    loss_cfg = cfg["loss"]
+    slm = build_slm(cfg, config, device)
+    slmadv = GenerationSettings.from_config(config, loss_cfg.get("slmadv"))
+    objective = GeneratorObjective(model, config, terms=loss_cfg["terms"], weights=loss_cfg.get("weights"),
+                                   max_frames=loss_cfg.get("max_frames"), slm=slm, generation=slmadv,
+                                   diff_epoch=loss_cfg.get("diff_epoch", 0), joint_epoch=loss_cfg.get("joint_epoch", 0))
+    discriminators = None
+    if {"gen", "slmadv"} & set(loss_cfg["terms"]):
+        discriminators = Discriminators(model, slm if "slmadv" in loss_cfg["terms"] else None, lr=optim["lr"],
+                                        betas=tuple(optim["betas"]), eps=optim["eps"],
+                                        weight_decay=optim["weight_decay"], slm_every=slmadv.iter)
     amp = bool(cfg.get("amp")) and device.type == "cuda"
 
     def step_loss(item: tuple[int, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -168,9 +196,12 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
         for key in GENERATOR_MODULES:
             model[key].train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = objective(batch.to(device), seeds=[utterance_seed(seed, epoch, p) for p in batch.paths])
+            out = objective(batch.to(device), seeds=[utterance_seed(seed, epoch, p) for p in batch.paths],
+                            epoch=epoch, discriminators=discriminators)
         loss = out.total.float().mean()
-        return loss, {"loss": float(loss.detach()), **{k: float(v.detach().mean()) for k, v in out.terms.items()}}
+        trained = {k: out.discriminator.get(k, 0.0) for k in discriminators.logged} if discriminators else {}
+        return loss, {"loss": float(loss.detach()), **{k: float(v.detach().mean()) for k, v in out.terms.items()},
+                      **trained}
 
     bert = [p for n, p in trainable.items() if n.startswith("bert.")]
     rest = [p for n, p in trainable.items() if not n.startswith("bert.")]
@@ -183,7 +214,8 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
                              checkpoint_every=cfg.get("checkpoint_every", 50), progress=cfg.get("progress", True))
     buffers = {f"{key}.{name}": b for key, module in model.items() for name, b in module.named_buffers()}
     result = train(trainable, optimizer, batches, step_loss, out_dir, settings,
-                   penalty=(lambda: prior.penalty(model)) if prior is not None else None, buffers=buffers)
+                   penalty=(lambda: prior.penalty(model)) if prior is not None else None, buffers=buffers,
+                   extra_state={"discriminators": discriminators} if discriminators else None)
     if rank != 0:
         return result
     if cfg["system"] == "lora":

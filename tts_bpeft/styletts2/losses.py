@@ -302,10 +302,7 @@ class GeneratorObjective:
         self.adversarial = AdversarialGeneratorLoss(model.mpd, model.msd) if "gen" in self.terms else None
         self.slm = slm
         self.start_epochs = {"diff": int(diff_epoch), "sty": int(diff_epoch), "slmadv": int(joint_epoch)}
-        official = config.get("slmadv_params") or {}
-        self.generation = generation or GenerationSettings(
-            min_len=int(official.get("min_len", 400)), max_len=int(official.get("max_len", 500)),
-            sig=float(official.get("sig", 1.5)))
+        self.generation = generation or GenerationSettings.from_config(config)
 
     @property
     def device(self) -> torch.device:

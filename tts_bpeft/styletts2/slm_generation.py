@@ -12,7 +12,9 @@ the whole batch when fewer than two items are long enough, which with batch 2 an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from munch import Munch
@@ -24,11 +26,25 @@ HOP = 300
 @dataclass(frozen=True)
 class GenerationSettings:
     """The official ``slmadv_params``: generated segments hold between ``min_len`` and ``max_len`` mel
-    frames (half as many aligned frames); ``sig`` is the soft alignment's Gaussian width (aligned frames)."""
+    frames (half as many aligned frames); ``sig`` is the soft alignment's Gaussian width (aligned frames);
+    the WavLM discriminator trains every ``iter``-th step."""
 
     min_len: int = 400
     max_len: int = 500
     sig: float = 1.5
+    iter: int = 10
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+                    ) -> GenerationSettings:
+        """The official defaults, then a model config's ``slmadv_params``, then the non-null `overrides`."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        defaults = {f.name: f.default for f in fields(cls)}
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown slmadv settings {unknown}; known: {sorted(defaults)}")
+        values = {**(config.get("slmadv_params") or {}), **overrides}
+        return cls(**{k: type(d)(values[k]) for k, d in defaults.items() if k in values})
 
 
 def soft_alignment(logits: Tensor, sigma: float) -> Tensor:
