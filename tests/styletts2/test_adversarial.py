@@ -14,7 +14,8 @@ from tiny_model import random_batch, tiny_model
 from tts_bpeft.styletts2 import losses as L
 from tts_bpeft.styletts2.adversarial import Discriminators, Segment
 from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature, styletts2_loss_fn
-from tts_bpeft.styletts2.model import TINY_CONFIG, load_config
+from tts_bpeft.styletts2.model import GENERATOR_MODULES, TINY_CONFIG, build_tiny_styletts2, load_config
+from tts_bpeft.styletts2.presets import add_preset_lora
 from tts_bpeft.styletts2.slm import load_slm, slm_discriminator_loss
 from tts_bpeft.styletts2.slm_generation import GenerationSettings, soft_alignment
 
@@ -156,3 +157,46 @@ def test_curvature_never_takes_adversarial_or_wavlm_terms(slm):
 def test_wavlm_terms_need_the_wavlm():
     with pytest.raises(ValueError, match="need the WavLM"):
         L.GeneratorObjective(tiny_model(), CONFIG, terms=("mel", "slm"))
+
+
+def lora_b(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for n, p in module.named_parameters() if ".lora_B." in f".{n}"]
+
+
+@pytest.mark.slow
+def test_each_term_reaches_the_generator_lora_and_slmadv_waits_for_joint_epoch(slm):
+    model = build_tiny_styletts2(seed=3)
+    for key in GENERATOR_MODULES:
+        model[key].requires_grad_(False)
+    add_preset_lora(model, "paper", r=4, alpha=8)
+    for key in GENERATOR_MODULES:
+        model[key].train()
+    objective = L.GeneratorObjective(model, CONFIG, terms=("mel", "gen", "slm", "slmadv"), slm=slm, joint_epoch=1)
+    disc = Discriminators(model, slm, slm_every=1)
+    batch = random_batch([96], [5], seed=5)
+    decoder, duration = lora_b(model.decoder), lora_b(model.predictor.duration_proj)
+    assert decoder and duration
+
+    def grad_norm(term: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
+        grads = torch.autograd.grad(term.sum(), params, retain_graph=True, allow_unused=True)
+        return sum(float(g.abs().sum()) for g in grads if g is not None)
+
+    mpd_before = flat(model.mpd)
+    before = objective(batch, seeds=[7], epoch=0, discriminators=disc)
+    assert set(before.discriminator) == {"d_loss"}  # mpd and msd trained; wd not before joint_epoch
+    assert (flat(model.mpd) - mpd_before).abs().max() > 0
+    assert before.terms["slmadv"].item() == 0 and not before.terms["slmadv"].requires_grad
+    torch.testing.assert_close(before.total, sum(objective.weights[t] * before.terms[t] for t in ("mel", "gen", "slm")))
+    for name in ("gen", "slm"):
+        assert before.terms[name].item() > 0
+        assert grad_norm(before.terms[name], decoder) > 0, name  # the adversarial terms reach the decoder LoRA
+        assert grad_norm(before.terms[name], duration) == 0, name  # reconstruction uses the true durations
+
+    after = objective(batch, seeds=[7], epoch=1, discriminators=disc)
+    assert set(after.discriminator) == {"d_loss", "d_slm"}
+    assert after.terms["slmadv"].item() > 0
+    assert grad_norm(after.terms["slmadv"], decoder) > 0
+    assert grad_norm(after.terms["slmadv"], duration) > 0  # predicted, differentiable durations
+    after.total.sum().backward()
+    for key in DISCRIMINATORS:  # the generator's backward pass leaves the discriminators alone
+        assert all(p.grad is None for p in model[key].parameters()), key
