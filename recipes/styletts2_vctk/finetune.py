@@ -23,6 +23,9 @@ def absolute(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(cfg, key)
         if value and value != "tiny":
             OmegaConf.update(cfg, key, to_absolute_path(value))
+    slm = OmegaConf.select(cfg, "model.slm")
+    if slm and Path(to_absolute_path(slm)).exists():  # a local WavLM folder (else a hub id)
+        OmegaConf.update(cfg, "model.slm", to_absolute_path(slm))
     return cfg
 
 

@@ -7,6 +7,6 @@ from .lstm import LoraLSTM
 from .targets import LoraTarget, lora_targets
 
 __all__ = [
-    "CUSTOM_LORA_LAYERS", "LoraConv1d", "LoraConvTranspose1d", "LoraLSTM", "LoraPlan", "LoraTarget", "PlannedLayer", "add_lora",
-    "adapter_state_dict", "load_adapter", "lora_targets", "merged_state_dict", "plan_lora", "save_adapter",
+    "CUSTOM_LORA_LAYERS", "LoraConv1d", "LoraConvTranspose1d", "LoraLSTM", "LoraPlan", "LoraTarget", "PlannedLayer",
+    "add_lora", "adapter_state_dict", "load_adapter", "lora_targets", "merged_state_dict", "plan_lora", "save_adapter",
 ]

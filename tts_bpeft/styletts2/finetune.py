@@ -219,7 +219,8 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
     if rank != 0:
         return result
     if cfg["system"] == "lora":
-        save_adapter(model, out_dir / "adapter")
+        save_adapter(model, out_dir / "adapter",
+                     base_model_name_or_path=cfg["model"].get("checkpoint") or cfg["model"].get("config"))
     else:
         save_safetensors(dict(trainable), out_dir / "trainable.safetensors")
     summary = {"speaker": cfg["speaker"], "system": cfg["system"], "prior": cfg["prior"]["kind"],
