@@ -7,7 +7,9 @@ and prosody predictors. Durations are made differentiable by a Gaussian soft ali
 half of the time) and the style is, with probability 1/2 each, the utterance's target style or one sampled
 by the style diffusion; one utterance at a time, so a short utterance is skipped alone (the original skips
 the whole batch when fewer than two items are long enough, which with batch 2 and its
-``batch_percentage`` 0.5 is always).
+``batch_percentage`` 0.5 is always). The decoder runs with its weights detached and the text encoder's
+output is detached: as in the original, whose SLM step updates only PL-BERT, its projection, the prosody
+predictor and the style diffusion.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from munch import Munch
 from torch import Tensor
+from torch.func import functional_call
 
 HOP = 300
 
@@ -101,7 +104,8 @@ def generate_from_text(model: Munch, tokens: Tensor, t_en: Tensor, bert_dur: Ten
     _, prosody = model.predictor(d_en, s_dur, lengths, attention, text_mask)
     start = int(torch.randint(0, frames - seg, ()))
     f0, energy = model.predictor.F0Ntrain(prosody[..., start : start + seg], s_dur)
-    generated = model.decoder(asr[..., start : start + seg], f0, energy, s_acoustic).squeeze(1)
+    frozen = {name: p.detach() for name, p in model.decoder.named_parameters()}
+    generated = functional_call(model.decoder, frozen, (asr[..., start : start + seg], f0, energy, s_acoustic))
     real_start = int(torch.randint(0, real_frames - seg, ()))
     real = wave[2 * real_start * HOP : 2 * (real_start + seg) * HOP].unsqueeze(0)
-    return generated, real
+    return generated.squeeze(1), real
