@@ -43,10 +43,11 @@ curvature. Schedule (``epoch`` given, as in fine-tuning): ``diff`` and ``sty`` c
 total. Passing ``discriminators`` (`tts_bpeft.styletts2.adversarial.Discriminators`) trains them on the
 step's detached segments before the adversarial terms are computed, as the original does.
 
-``slmadv`` differs from the original in three ways: the text is the utterance's own (no out-of-distribution
-texts), its gradient is not rescaled per module (the original clips by the predictor's gradient norm and
-scales the duration projection, LSTM and diffusion gradients by 0.01 in a separate optimizer step), and it
-is part of the one generator loss.
+``slmadv`` reaches PL-BERT, its projection, the prosody predictor and the style diffusion, not the decoder
+(as in the original's SLM step). It differs from the original in three ways: the text is the utterance's own
+(no out-of-distribution texts), its gradient is not rescaled per module (the original clips by the
+predictor's gradient norm and scales the duration projection, LSTM and diffusion gradients by 0.01 in a
+separate optimizer step), and it is part of the one generator loss.
 
 For curvature estimates, :class:`GeneratorLossOutput` also carries (prediction, target, mask) of the mel
 (one per resolution, normalised log-mel (B, 128, frames)), F0 (B, T), energy (B, T) and duration (B, L)
