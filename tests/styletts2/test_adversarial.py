@@ -23,6 +23,16 @@ CONFIG = load_config(TINY_CONFIG)
 DISCRIMINATORS = ("mpd", "msd", "wd")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a loaded 2-core machine two OpenMP threads slow the discriminators' convolutions
+    several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def model():
     """The shared tiny model; the discriminators' weights are put back afterwards."""
