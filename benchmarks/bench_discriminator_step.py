@@ -3,7 +3,7 @@ step and the adversarial / WavLM terms add to a LoRA step on the likelihood term
 
 Run: .venv/bin/python benchmarks/bench_discriminator_step.py [--rounds N]
 Tiny build (configs/tiny.yml, random weights), LoRA r=16 on the paper preset, a tiny random WavLM, one batch
-of two synthetic VCTK utterances (make_vctk; 1-2 s each). A step = objective forward (with the
+of two synthetic VCTK utterances (make_vctk), decoder segments of 84 mel frames. A step = objective forward (with the
 discriminator step inside, where on), backward, AdamW. Variants:
 
 - likelihood: mel, f0, norm, dur, ce, diff, sty, mono, s2s (no discriminator);
@@ -42,6 +42,7 @@ VARIANTS = {"likelihood": DEFAULT_TERMS, "+gen": DEFAULT_TERMS + ("gen",),
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-frames", type=int, default=84, help="decoder segment, mel frames (the tests' 84)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 by default (a loaded 2-core machine slows 2 OpenMP threads a lot)")
     args = parser.parse_args()
@@ -76,12 +77,9 @@ def main() -> None:
             disc_seconds.append(time.perf_counter() - t0)
             return out
 
-    runs = {}
-    for name, terms in VARIANTS.items():
-        objective = GeneratorObjective(model, config, terms=terms, slm=slm)
-        adversarial = {"gen", "slmadv"} & set(terms)
-        disc = TimedDiscriminators(model, slm if "slmadv" in terms else None, slm_every=1) if adversarial else None
-        runs[name] = (objective, disc)
+    disc = TimedDiscriminators(model, slm, slm_every=1)  # one set of discriminators and optimizers for all
+    runs = {name: (GeneratorObjective(model, config, terms=terms, slm=slm, max_frames=args.max_frames),
+                   disc if {"gen", "slmadv"} & set(terms) else None) for name, terms in VARIANTS.items()}
 
     times = {name: [] for name in VARIANTS}
     disc_times = {name: [] for name in VARIANTS}
@@ -97,7 +95,8 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
                 disc_times[name].append(sum(disc_seconds))
     base = statistics.median(times["likelihood"])
-    print(f"tiny StyleTTS 2, batch of 2 utterances ({frames} mel frames), {args.threads} thread(s), "
+    print(f"tiny StyleTTS 2, batch of 2 utterances ({frames} mel frames, segments <= {args.max_frames}), "
+          f"{args.threads} thread(s), "
           f"median of {args.rounds} steps")
     print(f"{'variant':<12}{'step s':>9}{'ratio':>8}{'disc. step s':>14}")
     for name in VARIANTS:
