@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from styletts2.losses import DiscriminatorLoss
 from tiny_model import random_batch, tiny_model
 
+from tts_bpeft.family import TTSModel
 from tts_bpeft.styletts2 import losses as L
 from tts_bpeft.styletts2.adversarial import Discriminators, Segment
-from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature, styletts2_loss_fn
-from tts_bpeft.styletts2.model import GENERATOR_MODULES, TINY_CONFIG, build_tiny_styletts2, load_config
+from tts_bpeft.styletts2.build import GENERATOR_MODULES, TINY_CONFIG, build_tiny_styletts2, load_config
+from tts_bpeft.styletts2.curvature import styletts2_loss_fn
+from tts_bpeft.styletts2.family import StyleTTS2Family
 from tts_bpeft.styletts2.presets import add_preset_lora
 from tts_bpeft.styletts2.slm import load_slm, slm_discriminator_loss
 from tts_bpeft.styletts2.slm_generation import GenerationSettings, soft_alignment
@@ -157,8 +159,9 @@ def test_curvature_never_takes_adversarial_or_wavlm_terms(slm):
     objective = L.GeneratorObjective(tiny_model(), CONFIG, terms=finetune_terms, slm=slm)
     with pytest.raises(ValueError, match=r"\['gen', 'slm', 'slmadv'\] are scored by discriminators or WavLM"):
         styletts2_loss_fn(objective)
+    family_model = TTSModel("styletts2", tiny_model(), {"config": "tiny"}, CONFIG)
     with pytest.raises(ValueError, match=r"\['gen'\]"):
-        estimate_styletts2_curvature(tiny_model(), CONFIG, [], terms=("mel", "gen"))
+        StyleTTS2Family().per_sample_loss(family_model, terms=("mel", "gen"))  # the curvature recipes' path
     likelihood = L.GeneratorObjective(tiny_model(), CONFIG, terms=("f0", "dur"))
     loss = styletts2_loss_fn(likelihood)(tiny_model(), random_batch([84], [5], seed=3))
     assert loss.shape == (1,) and torch.isfinite(loss).all()

@@ -72,7 +72,7 @@ from styletts2.utils import log_norm
 from torch import Tensor
 
 from tts_bpeft.styletts2.adversarial import Discriminators, Segment
-from tts_bpeft.styletts2.model import MIN_STYLE_FRAMES
+from tts_bpeft.styletts2.device_safe import MIN_STYLE_FRAMES
 from tts_bpeft.styletts2.slm import SpeechLanguageModel, slm_generator_loss
 from tts_bpeft.styletts2.slm_generation import GenerationSettings, generate_from_text
 
@@ -257,7 +257,7 @@ def check_lengths(batch: Any, i: int) -> None:
 
 
 class GeneratorObjective:
-    """The per-utterance StyleTTS 2 generator loss of a model built by ``tts_bpeft.styletts2.model``.
+    """The per-utterance StyleTTS 2 generator loss of a model built by ``tts_bpeft.styletts2.build``.
 
     Args:
         model: the 13-module ``Munch``; the caller sets train/eval mode.
