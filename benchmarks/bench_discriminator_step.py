@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import torch
-from tts_bpeft.styletts2.data.synthetic import make_vctk
-from tts_bpeft.styletts2.data.vctk import read_vctk
 
+from tts_bpeft.speech_data.phonemes import Phonemizer
+from tts_bpeft.speech_data.synthetic import make_vctk
+from tts_bpeft.speech_data.vctk import read_vctk
 from tts_bpeft.styletts2.adversarial import Discriminators
 from tts_bpeft.styletts2.build import GENERATOR_MODULES, TINY_CONFIG, build_tiny_styletts2, load_config
 from tts_bpeft.styletts2.data.dataset import TTSDataset, collate
-from tts_bpeft.styletts2.data.text import Phonemizer
 from tts_bpeft.styletts2.losses import DEFAULT_TERMS, GeneratorObjective
 from tts_bpeft.styletts2.presets import add_preset_lora
 from tts_bpeft.styletts2.slm import load_slm
