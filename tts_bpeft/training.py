@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,15 @@ LOG_NAME = "log.csv"
 
 StepLoss = Callable[[Any], tuple[Tensor, dict[str, float]]]
 Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+class Stateful(Protocol):
+    """Anything else that training changes and a resume must restore (e.g. a discriminator and its
+    optimizer): its ``state_dict()`` must hold only what ``torch.load(weights_only=True)`` reads."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
 @dataclass
@@ -91,11 +100,14 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int | None, w
 
 def save_training_state(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
                         position: Mapping[str, int], buffers: Mapping[str, Tensor] | None = None,
-                        scheduler: Scheduler | None = None) -> None:
+                        scheduler: Scheduler | None = None, extra_state: Mapping[str, Stateful] | None = None
+                        ) -> None:
     """Trainable tensors, other state that training changes (`buffers`: running statistics, spectral-norm
-    vectors), optimizer (and scheduler) state, RNG states and data position, written atomically."""
+    vectors; `extra_state`: objects with their own state dicts), optimizer (and scheduler) state, RNG states
+    and data position, written atomically."""
     state = {"trainable": {k: v.detach().cpu() for k, v in trainable.items()},
              "buffers": {k: v.detach().cpu() for k, v in (buffers or {}).items()},
+             "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
              "optimizer": optimizer.state_dict(), "rng": _rng_state(), "position": dict(position)}
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
@@ -103,11 +115,12 @@ def save_training_state(path: Path, trainable: Mapping[str, Tensor], optimizer: 
 
 
 def load_training_state(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
-                        buffers: Mapping[str, Tensor] | None = None,
-                        scheduler: Scheduler | None = None) -> dict[str, int]:
+                        buffers: Mapping[str, Tensor] | None = None, scheduler: Scheduler | None = None,
+                        extra_state: Mapping[str, Stateful] | None = None) -> dict[str, int]:
     """Restore a checkpoint written by `save_training_state`; returns the data position."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing = sorted(set(trainable) - set(state["trainable"])) + sorted(set(buffers or {}) - set(state["buffers"]))
+    missing += sorted(set(extra_state or {}) - set(state.get("extra", {})))
     if missing:
         raise ValueError(f"{path}: checkpoint lacks trainable tensors {missing[:5]}; was it written by "
                          "another configuration? Delete it or choose another output folder")
@@ -116,6 +129,8 @@ def load_training_state(path: Path, trainable: Mapping[str, Tensor], optimizer: 
             tensor.copy_(state["trainable"][name])
         for name, tensor in (buffers or {}).items():
             tensor.copy_(state["buffers"][name])
+    for name, obj in (extra_state or {}).items():
+        obj.load_state_dict(state["extra"][name])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
@@ -167,18 +182,20 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
           batches: Callable[[int], Sized], step_loss: StepLoss, out_dir: str | os.PathLike,
           settings: TrainSettings | None = None, penalty: Callable[[], Tensor] | None = None,
           resume: bool = True, buffers: Mapping[str, Tensor] | None = None, scheduler: Scheduler | None = None,
-          on_epoch_end: Callable[[int], Mapping[str, float]] | None = None) -> dict[str, Any]:
+          on_epoch_end: Callable[[int], Mapping[str, float]] | None = None,
+          extra_state: Mapping[str, Stateful] | None = None) -> dict[str, Any]:
     """Train `trainable` (name -> tensor with requires_grad) with `optimizer`.
 
     `batches(epoch)` gives this process's batches of one epoch (deterministically; a sized iterable such as
     a DataLoader, so that its length is known without loading it); `step_loss(batch)`
     returns the mean loss of a batch and floats to log. `penalty()` (e.g. ``lambda: prior.penalty(model)``)
     is added once per optimizer step. `buffers` (name -> tensor) are non-trained tensors that forward passes
-    change (BatchNorm statistics, spectral-norm vectors): checkpointed too, so that resuming is exact.
-    `scheduler` steps after every optimizer step. `on_epoch_end(epoch)` (1-based; also after a last,
-    partial epoch cut by `max_steps`) returns floats added to that epoch's last log row.
-    Returns ``{"steps", "epochs", "seconds", "last": last log row, "history": per-epoch means of the log
-    rows (plus the `on_epoch_end` values)}``.
+    change (BatchNorm statistics, spectral-norm vectors): checkpointed too, so that resuming is exact;
+    `extra_state` (name -> object with ``state_dict``/``load_state_dict``, e.g. discriminators trained
+    inside `step_loss`) likewise. `scheduler` steps after every optimizer step. `on_epoch_end(epoch)`
+    (1-based; also after a last, partial epoch cut by `max_steps`) returns floats added to that epoch's last
+    log row. Returns ``{"steps", "epochs", "seconds", "last": last log row, "history": per-epoch means of the
+    log rows (plus the `on_epoch_end` values)}``.
     """
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
@@ -189,7 +206,7 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
         stale.unlink()  # left by a run killed while writing; the previous checkpoint is intact
     position = {"step": 0, "epoch": 0, "batch": 0}
     if resume and ckpt.is_file():
-        position = load_training_state(ckpt, trainable, optimizer, buffers, scheduler)
+        position = load_training_state(ckpt, trainable, optimizer, buffers, scheduler, extra_state)
     log = CsvLog(out_dir / LOG_NAME, position["step"])
     per_epoch = len(batches(0))
     steps_per_epoch = max(1, math.ceil(per_epoch / settings.grad_accum))
@@ -203,7 +220,7 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
     def checkpoint(epoch: int, batch: int) -> None:
         if rank == 0:
             save_training_state(ckpt, trainable, optimizer, {"step": step, "epoch": epoch, "batch": batch}, buffers,
-                                scheduler)
+                                scheduler, extra_state)
             log.flush()
 
     for epoch in range(position["epoch"], settings.epochs):

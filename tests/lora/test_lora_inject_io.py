@@ -349,7 +349,7 @@ def test_docs_examples_run():
     """The code blocks of docs/lora.md run as written, check their own asserts, and print what they show."""
     text = (Path(__file__).parents[2] / "docs" / "lora.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for block in blocks:
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout), warnings.catch_warnings():

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..layers import effective_weight, layer_kind, lstm_weight_names, weight_to_matrix
 from .factors import lora_factors
 
-_HF_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # peft's prefix of the wrapped model's module paths and saved keys
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class LoraTarget:
 
 def clean_name(name: str) -> str:
     """A module path without peft's ``base_model.model.`` prefix."""
-    return name[len(_HF_PREFIX):] if name.startswith(_HF_PREFIX) else name
+    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
 
 
 def weight_entries(name: str, module: nn.Module) -> list[tuple[str, str, str]]:
