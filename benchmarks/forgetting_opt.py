@@ -9,20 +9,30 @@
 3. Curvature of the pre-training loss on Wikipedia blocks (one 64-token block = one sample; Monte-Carlo
    Fisher by default, --fisher): KFAC (expand), EWC and EKFAC, for the LoRA targets.
 4. LoRA fine-tuning (r=8 on q/v/out/fc1/fc2, 120 steps) on the news under every prior of --priors, each
-   over the lam grid --lams (``scaling="relative"``, so one grid serves every prior), for each of --seeds.
-   Every run is cached as a JSON file: an interrupted benchmark resumes where it stopped.
+   over the lam grid --lams (``scaling="relative"``, so one grid serves every prior), for each of --seeds;
+   each prior's path is then extended (lam x --extend-factor) until it reaches the pre-trained model's
+   Wikipedia perplexity (within --reach) or passes the largest budget. The rival, replay: plain LoRA whose
+   fine-tuning examples include a share --replay of pre-training blocks, at the same number of steps.
+   --world k > 0 repeats everything from another pre-training seed and curvature sample (seed k).
+   Every run is cached as a JSON file: an interrupted benchmark resumes where it stopped; the analysis uses
+   every cached run of the current settings (--import-runs seeds the cache from a results file).
 5. Per run: news and Wikipedia perplexity on the validation and the test splits. Per prior and budget b
    (news perplexity <= b x plain LoRA's, same seed), over seeds (mean +- sd):
    - the *front*: the lowest test Wikipedia perplexity on the piecewise-linear lam path whose test news
      perplexity is within the budget (what the prior can reach);
+     (a family's member is chosen per seed and budget by its validation front, then reported on test);
    - the *selected* run: lam (and the prior) chosen on the validation split with `tts_bpeft.selection.pick`
      for tolerance b - 1, reported on the test split (what a user gets without looking at test data);
-   - the default lam's news-perplexity ratio.
+   - the default lam's news-perplexity ratio;
+   - per prior, the budgets where its front is more than one paired sd above another front;
+   - with runs of other worlds: the spread over (pre-training seed, curvature sample, fine-tuning seed)
+     beside the spread over fine-tuning seeds alone, on the same lams.
    A JSON file, markdown tables on stdout and a trade-off plot (PNG) with every front.
 
-Runs in ~40 min on 2 CPU cores (2 worker processes, 1 thread each) for the full grid.
+Runs in ~2 h on 2 CPU cores (2 worker processes, 1 thread each) for the full grid.
     python benchmarks/forgetting_opt.py                        # everything (cached pre-training, runs)
     python benchmarks/forgetting_opt.py --priors kfac ewc --seeds 0 --lams 1 10
+    python benchmarks/forgetting_opt.py --from-json docs/forgetting_opt.json --out /tmp/x   # analysis only
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ from tts_bpeft.text.corpora import lee_news, wikipedia_articles
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1.0, 1.02, 1.05, 1.1, 1.2, 1.3)
+REPLAY = "replay"  # the rival system: its strength axis is the replayed share of the examples, not lam
 # prior name -> its method, whether damped (--damping), what is mixed in (--mu)
 PRIORS = {
     "l2sp": {"method": "l2sp"},
@@ -77,7 +88,7 @@ PRIORS = {
 FAMILIES = {"kfac or kfac-damped": ("kfac", "kfac-damped"), "kfac or kfac+l2sp": ("kfac", "kfac+l2sp")}
 COLORS = {"l2sp": "tab:gray", "ewc": "tab:blue", "kfac": "tab:green", "ekfac": "tab:purple",
           "kfac-damped": "tab:olive", "kfac+l2sp": "tab:orange", "kfac+ewc": "tab:cyan",
-          "kfac or kfac-damped": "tab:brown", "kfac or kfac+l2sp": "tab:pink"}
+          "kfac or kfac-damped": "tab:brown", "kfac or kfac+l2sp": "tab:pink", REPLAY: "tab:red"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -111,22 +122,31 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mu", type=float, default=1.0, help="mixed-in share of the mixed priors")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
+    p.add_argument("--reach", type=float, default=0.1,
+                   help="a lam path is extended until its Wikipedia perplexity is within this of the pre-trained's")
+    p.add_argument("--extend-factor", type=float, default=10.0, help="lam step of the extension")
+    p.add_argument("--max-lam", type=float, default=1e7, help="the extension stops here")
+    p.add_argument("--replay", nargs="*", type=float, default=[0.01, 0.1, 0.3],
+                   help="replayed shares of pre-training blocks among the fine-tuning examples")
+    p.add_argument("--world", type=int, default=0, help="pre-training seed and curvature sample seed")
+    p.add_argument("--import-runs", type=Path, help="seed the run cache from a results JSON of the same settings")
+    p.add_argument("--from-json", type=Path, help="analyse a results JSON only (no model, no fine-tune)")
     return p.parse_args()
 
 
 def pretrained(args, wiki_train: list[str]):
     """The cached tokenizer + pre-trained OPT, built (tokenizer, ~5 min of training) if missing."""
-    folder = args.cache / f"opt_v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_seed0"
+    folder = model_folder(args)
     if (folder / "pretrain.json").is_file():
         print(f"pre-trained model from cache: {folder}")
         return load_tokenizer(folder), load_causal_lm(folder), json.loads((folder / "pretrain.json").read_text())
     tokenizer = train_bpe_tokenizer(wiki_train, vocab_size=args.vocab)
-    torch.manual_seed(0)
+    torch.manual_seed(args.world)
     config = tiny_opt_config(len(tokenizer), hidden_size=args.hidden, num_layers=args.layers,
                              num_heads=4, ffn_dim=4 * args.hidden, max_positions=args.block + 2)
     model = OPTForCausalLM(config)
     blocks = packed_blocks(tokenizer, wiki_train, args.block)
-    loader = lm_loader(blocks, tokenizer.pad_token_id, args.batch, shuffle=True, seed=0)
+    loader = lm_loader(blocks, tokenizer.pad_token_id, args.batch, shuffle=True, seed=args.world)
     epochs = math.ceil(args.pretrain_steps / len(loader))
     start = time.time()
     history = finetune(model, loader, clm_loss, lr=args.pretrain_lr, epochs=epochs, warmup_ratio=0.05,
@@ -164,36 +184,24 @@ class Bench:
                           "wiki_test": packed_blocks(tok, wiki_test, block)[:limit]}
         self.news_blocks = packed_blocks(tok, news[:args.train_news], block)
         self.pad = pad
-        g = torch.Generator().manual_seed(0)
-        pre_blocks = packed_blocks(tok, wiki_train, block)
-        sample = pre_blocks[torch.randperm(pre_blocks.shape[0], generator=g)[: args.curvature_samples]]
+        g = torch.Generator().manual_seed(args.world)
+        self.pre_blocks = packed_blocks(tok, wiki_train, block)  # what replay mixes in
+        sample = self.pre_blocks[torch.randperm(self.pre_blocks.shape[0], generator=g)[: args.curvature_samples]]
         self.curvatures: dict[str, Curvature] = {}
         self.curvature_seconds: dict[str, float] = {}
         for method in ("kfac", "ewc", "ekfac"):
-            path = args.cache / f"curvature_{method}_{args.fisher}_{self.model_key()}.safetensors"
-            if path.is_file():
-                self.curvatures[method] = Curvature.load(path)
-                continue
-            start = time.time()
-            self.curvatures[method] = estimate_curvature(
-                self.base, lm_loader(sample, pad, 8), clm_likelihood, method=method, fisher=args.fisher,
-                targets=args.targets, description=f"{len(sample)} wikipedia blocks, {args.fisher} Fisher")
-            self.curvature_seconds[method] = time.time() - start
-            self.curvatures[method].save(path)
-
-    def model_key(self) -> str:
-        a = self.args
-        return f"v{a.vocab}_h{a.hidden}_l{a.layers}_s{a.pretrain_steps}_n{a.curvature_samples}_" + \
-            hashlib.sha256(" ".join(a.targets).encode()).hexdigest()[:6]
-
-    def run_key(self, prior: str, lam: float, seed: int) -> str:
-        a, spec = self.args, PRIORS.get(prior, {})
-        options = {"prior": prior, "lam": lam, "seed": seed, "r": a.r, "alpha": a.alpha, "lr": a.lr,
-                   "steps": a.steps, "batch": a.batch, "news": [a.train_news, a.val_news], "eval": a.eval_tokens,
-                   "fisher": a.fisher if prior not in ("none", "l2sp") else None,
-                   "model": self.model_key(), "damping": a.damping if spec.get("damped") else None,
-                   "mu": a.mu if spec.get("mix") else None}
-        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+            path = args.cache / f"curvature_{method}_{args.fisher}_{model_key(args, args.world)}.safetensors"
+            timing = path.with_suffix(".json")
+            if not path.is_file():
+                start = time.time()
+                estimate_curvature(
+                    self.base, lm_loader(sample, pad, 8), clm_likelihood, method=method, fisher=args.fisher,
+                    targets=args.targets, description=f"{len(sample)} wikipedia blocks, {args.fisher} Fisher",
+                ).save(path)
+                save_json({"seconds": time.time() - start}, timing)
+            self.curvatures[method] = Curvature.load(path)
+            if timing.is_file():
+                self.curvature_seconds[method] = json.loads(timing.read_text())["seconds"]
 
     def prior(self, name: str, lam: float) -> LaplacePrior | None:
         if name == "none":
@@ -212,57 +220,165 @@ class Bench:
         return {name: perplexity(model, lm_loader(blocks, self.pad, 32), progress=False)["perplexity"]
                 for name, blocks in self.eval_sets.items()}
 
-    def run(self, prior: str, lam: float, seed: int) -> dict:
+    def pretrained_perplexity(self) -> dict[str, float]:
+        """The pre-trained model's perplexities (cached beside it)."""
+        path = model_folder(self.args) / f"perplexity_{self.args.eval_tokens}.json"
+        if not path.is_file():
+            save_json(self.evaluate(self.base), path)
+        return json.loads(path.read_text())
+
+    def training_blocks(self, replay: float, seed: int) -> torch.Tensor:
+        """The news blocks, plus (replay) pre-training blocks making up the share `replay` of all blocks."""
+        if not replay:
+            return self.news_blocks
+        n = round(replay / (1 - replay) * len(self.news_blocks))
+        chosen = torch.randperm(len(self.pre_blocks), generator=torch.Generator().manual_seed(seed))[:n]
+        return torch.cat([self.news_blocks, self.pre_blocks[chosen]])
+
+    def run(self, prior: str, lam: float, seed: int, replay: float = 0.0) -> dict:
         """One fine-tune (cached by its options)."""
-        path = self.args.cache / "runs" / f"{self.run_key(prior, lam, seed)}.json"
+        path = self.args.cache / "runs" / f"{run_key(self.args, prior, lam, seed, replay, self.args.world)}.json"
         if path.is_file():
             return json.loads(path.read_text())
         torch.set_num_threads(1)
         torch.manual_seed(seed)
         model = add_lora(copy.deepcopy(self.base), self.args.targets, r=self.args.r, alpha=self.args.alpha)
-        loader = lm_loader(self.news_blocks, self.pad, self.args.batch, shuffle=True, seed=seed)
+        loader = lm_loader(self.training_blocks(replay, seed), self.pad, self.args.batch, shuffle=True, seed=seed)
         start = time.time()
         history = finetune(model, loader, clm_loss, prior=self.prior(prior, lam), lr=self.args.lr,
                            epochs=math.ceil(self.args.steps / len(loader)), max_steps=self.args.steps, seed=seed,
                            progress=False)
-        row = {"prior": prior, "lam": lam, "seed": seed, **self.evaluate(model),
-               "train_loss": history[-1]["task_loss"], "seconds": time.time() - start}
+        row = {"prior": prior, "lam": lam, "seed": seed, "replay": replay, "world": self.args.world,
+               **self.evaluate(model), "train_loss": history[-1]["task_loss"], "seconds": time.time() - start}
         save_json(row, path)
         return row
+
+
+def model_folder(args) -> Path:
+    """Where the tokenizer and the pre-trained OPT of the current world are cached."""
+    return args.cache / f"opt_v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_seed{args.world}"
+
+
+def model_key(args, world: int) -> str:
+    """The pre-trained model and curvature sample a run starts from (world 0 keeps the first runs' keys)."""
+    key = f"v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_n{args.curvature_samples}_" + \
+        hashlib.sha256(" ".join(args.targets).encode()).hexdigest()[:6]
+    return key + (f"_world{world}" if world else "")
+
+
+def run_key(args, prior: str, lam: float, seed: int, replay: float = 0.0, world: int = 0) -> str:
+    """The cache name of one fine-tune: a hash of every option its result depends on."""
+    spec = PRIORS.get(prior, {})
+    options = {"prior": prior, "lam": lam, "seed": seed, "r": args.r, "alpha": args.alpha, "lr": args.lr,
+               "steps": args.steps, "batch": args.batch, "news": [args.train_news, args.val_news],
+               "eval": args.eval_tokens, "fisher": args.fisher if prior in PRIORS and prior != "l2sp" else None,
+               "model": model_key(args, world), "damping": args.damping if spec.get("damped") else None,
+               "mu": args.mu if spec.get("mix") else None}
+    if replay:
+        options["replay"] = replay
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_runs(args) -> list[dict]:
+    """Every cached run of the current settings (any prior, lam, seed, replay share or world)."""
+    rows = []
+    for path in sorted((args.cache / "runs").glob("*.json")):
+        row = json.loads(path.read_text())
+        row.setdefault("replay", 0.0)
+        row.setdefault("world", 0)
+        if path.stem == run_key(args, row["prior"], row["lam"], row["seed"], row["replay"], row["world"]):
+            rows.append(row)
+    return rows
+
+
+def import_runs(args, results_path: Path) -> int:
+    """Write the runs of a results JSON into the cache (refused if its settings differ); the number written."""
+    results = json.loads(results_path.read_text())
+    same = ("vocab", "hidden", "layers", "block", "pretrain_steps", "pretrain_lr", "curvature_samples", "targets",
+            "r", "alpha", "lr", "steps", "batch", "train_news", "val_news", "fisher", "eval_tokens", "damping", "mu",
+            "val_articles", "test_articles")
+    differ = [k for k in same if results["args"][k] != getattr(args, k)]
+    if differ:
+        raise ValueError(f"{results_path}: its runs used other settings ({', '.join(differ)}); pass the same flags")
+    written = 0
+    for row in results["runs"]:
+        path = args.cache / "runs" / \
+            f"{run_key(args, row['prior'], row['lam'], row['seed'], row.get('replay', 0.0), row.get('world', 0))}.json"
+        if not path.is_file():
+            save_json(row, path)
+            written += 1
+    return written
 
 
 _BENCH: Bench | None = None
 
 
-def _run_in_worker(job: tuple[str, float, int]) -> dict:
+def _run_in_worker(job: tuple[str, float, int, float]) -> dict:
     return _BENCH.run(*job)
+
+
+def extensions(rows: list[dict], pretrained: dict[str, float], args) -> list[tuple[str, float, int, float]]:
+    """The next lam of every (prior, seed) path that has not yet reached the pre-trained model's Wikipedia
+    perplexity (within --reach, on the validation and the test split) nor passed the largest budget."""
+    plain = {r["seed"]: r for r in rows if r["prior"] == "none"}
+    jobs = []
+    for prior in args.priors:
+        for seed in args.seeds:
+            runs = [r for r in rows if r["prior"] == prior and r["seed"] == seed]
+            if not runs or seed not in plain:
+                continue
+            last = max(runs, key=lambda r: r["lam"])
+            done = all(last[f"wiki_{split}"] <= pretrained[f"wiki_{split}"] + args.reach
+                       or last[f"news_{split}"] > max(args.budgets) * plain[seed][f"news_{split}"]
+                       for split in ("val", "test"))
+            lam = last["lam"] * args.extend_factor
+            if not done and lam <= args.max_lam:
+                jobs.append((prior, lam, seed, 0.0))
+    return jobs
 
 
 def main() -> None:
     global _BENCH
     args = parse_args()
     torch.set_num_threads(1)
-    t0 = time.time()
-    _BENCH = bench = Bench(args)
-    jobs = [("none", 0.0, seed) for seed in args.seeds]
-    jobs += [(prior, lam, seed) for seed in args.seeds for prior in args.priors
-             for lam in sorted(set(args.lams) | {args.default_lam})]
-    rows = []
-    # fork: the workers inherit the data, the model and the curvature estimates
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        for row in tqdm(pool.map(_run_in_worker, jobs), total=len(jobs), desc="fine-tunes"):
-            rows.append(row)
-    pretrained_ppl = bench.evaluate(bench.base)
-    results = {"pretrained": pretrained_ppl, "pretrain": {k: v for k, v in bench.info.items() if k != "history"},
-               "curvature_seconds": bench.curvature_seconds,
-               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "runs": rows}
-    results["summary"] = summarise(rows, results["args"])
-    results["seconds"] = time.time() - t0
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        results["args"].update(budgets=args.budgets)
+    else:
+        results = run_all(args)
+    results["summary"] = summarise(results["runs"], results["args"])
     args.out.mkdir(parents=True, exist_ok=True)
     save_json(results, args.out / "forgetting_opt.json")
     plot(results, args.out / "forgetting_opt.png")
     print(tables(results))
-    print(f"total {results['seconds']:.0f} s ({len(rows)} fine-tunes)")
+
+
+def run_all(args) -> dict:
+    """Every fine-tune of the grid, the replay shares and the lam extensions (cached), then every cached run
+    of the current settings, as the results to analyse."""
+    global _BENCH
+    t0 = time.time()
+    if args.import_runs:
+        print(f"{import_runs(args, args.import_runs)} runs imported from {args.import_runs}")
+    _BENCH = bench = Bench(args)
+    pretrained_ppl = bench.pretrained_perplexity()
+    jobs = [("none", 0.0, seed, 0.0) for seed in args.seeds]
+    jobs += [(REPLAY, 0.0, seed, share) for seed in args.seeds for share in args.replay]
+    jobs += [(prior, lam, seed, 0.0) for seed in args.seeds for prior in args.priors
+             for lam in sorted(set(args.lams) | {args.default_lam})]
+    done = 0
+    # fork: the workers inherit the data, the model and the curvature estimates
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        while jobs:
+            for _ in tqdm(pool.map(_run_in_worker, jobs), total=len(jobs), desc="fine-tunes"):
+                done += 1
+            world = [r for r in cached_runs(args) if r["world"] == args.world]
+            jobs = extensions(world, pretrained_ppl, args)
+    rows = cached_runs(args)
+    args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    print(f"{done} fine-tunes checked or run in {time.time() - t0:.0f} s; {len(rows)} cached runs analysed")
+    return {"pretrained": pretrained_ppl, "pretrain": {k: v for k, v in bench.info.items() if k != "history"},
+            "curvature_seconds": bench.curvature_seconds, "args": args_json, "runs": rows}
 
 
 # -- analysis -----------------------------------------------------------------------------------------
@@ -283,80 +399,194 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def members(prior: str) -> tuple[str, ...]:
+def members(system: str) -> tuple[str, ...]:
     """The priors a row of the analysis stands for: one, or a family whose member is chosen per budget."""
-    return FAMILIES.get(prior, (prior,))
+    return FAMILIES.get(system, (system,))
 
 
-def analysed(args) -> list[str]:
-    """Every prior run, then each family whose members all ran."""
-    return ["none", *args["priors"], *[f for f, m in FAMILIES.items() if set(m) <= set(args["priors"])]]
+def analysed(rows: list[dict]) -> list[str]:
+    """Plain LoRA, every prior that ran, each family whose members all ran, then replay if it ran."""
+    ran = {r["prior"] for r in rows}
+    families = [f for f, m in FAMILIES.items() if set(m) <= ran]
+    return ["none", *[p for p in PRIORS if p in ran], *families, *([REPLAY] if REPLAY in ran else [])]
 
 
-def seed_front(rows: list[dict], prior: str, base: dict, budget: float) -> float:
-    """The test front of one seed at one budget: the best over the members' lam paths."""
-    best = math.inf
-    for member in members(prior):
-        runs = sorted((r for r in rows if r["prior"] == member and r["seed"] == base["seed"]), key=lambda r: r["lam"])
-        path = [(1.0, base["wiki_test"])] + [(r["news_test"] / base["news_test"], r["wiki_test"]) for r in runs]
-        best = min(best, front(path, budget))
-    return best
+def budget_ranges(budgets: list[float], step: float = 0.01) -> str:
+    """1.01, 1.02, 1.03, 1.05 -> '1.01-1.03, 1.05'."""
+    spans: list[list[float]] = []
+    for b in sorted(budgets):
+        if spans and b - spans[-1][-1] <= step * 1.5:
+            spans[-1].append(b)
+        else:
+            spans.append([b])
+    return ", ".join(f"{s[0]:.2f}" if len(s) == 1 else f"{s[0]:.2f}-{s[-1]:.2f}" for s in spans)
+
+
+def strength(row: dict) -> float:
+    """Where a run sits on its system's path: lam, or replay's share of pre-training examples."""
+    return row["replay"] if row["prior"] == REPLAY else row["lam"]
+
+
+def path_of(rows: list[dict], system: str, base: dict, split: str, lams: set[float] | None = None
+            ) -> list[tuple[float, float]]:
+    """(news ratio, Wikipedia perplexity) of plain LoRA, then of the system's runs by strength, on one split, for
+    the seed and world of `base` (plain LoRA's run); `lams` restricts the runs."""
+    runs = sorted((r for r in rows if r["prior"] == system and r["seed"] == base["seed"]
+                   and r["world"] == base["world"] and (lams is None or strength(r) in lams)), key=strength)
+    return [(1.0, base[f"wiki_{split}"])] + \
+        [(r[f"news_{split}"] / base[f"news_{split}"], r[f"wiki_{split}"]) for r in runs]
+
+
+def seed_front(rows: list[dict], system: str, base: dict, budget: float, lams: set[float] | None = None) -> float:
+    """The test front of one seed at one budget. A family's member is the one whose *validation* front is the
+    lowest at that budget; its test front is reported."""
+    member = min(members(system), key=lambda m: front(path_of(rows, m, base, "val", lams), budget))
+    return front(path_of(rows, member, base, "test", lams), budget)
+
+
+def with_defaults(rows: list[dict]) -> list[dict]:
+    """Runs of results files written before replay and worlds: replay share 0, world 0."""
+    return [{"replay": 0.0, "world": 0, **r} for r in rows]
 
 
 def summarise(rows: list[dict], args: dict) -> dict:
-    """Per prior (and family): the test front, the validation-selected run and the default lam's ratio, per
-    budget, mean and sd over seeds."""
-    plain = {r["seed"]: r for r in rows if r["prior"] == "none"}
+    """Per system (prior, family, replay): the test front, the validation-selected run and the default lam's
+    ratio, per budget, mean and sd over seeds (world 0); where each front lies more than one paired sd above
+    another; and, with runs of other worlds, the spread over worlds beside the spread over seeds."""
+    rows = with_defaults(rows)
+    main = [r for r in rows if r["world"] == 0]
+    plain = {r["seed"]: r for r in main if r["prior"] == "none"}
     summary = {}
-    for prior in analysed(args):
+    for system in analysed(main):
         fronts, selected, default = {b: [] for b in args["budgets"]}, {b: [] for b in args["budgets"]}, []
         for seed, base in plain.items():
             # a family's trials carry their member's index as mu, so pick() chooses among members too
-            trials = {Trial(r["lam"], float(i), r["news_val"], r["wiki_val"]): r
-                      for i, member in enumerate(members(prior)) for r in rows
+            trials = {Trial(strength(r), float(i), r["news_val"], r["wiki_val"]): r
+                      for i, member in enumerate(members(system)) for r in main
                       if r["prior"] == member and r["seed"] == seed}
             plain_trial = Trial(0.0, 0.0, base["news_val"], base["wiki_val"])
             for b in args["budgets"]:
-                fronts[b].append(seed_front(rows, prior, base, b))
+                fronts[b].append(seed_front(main, system, base, b))
                 run = trials.get(pick(list(trials), plain_trial, b - 1), base)
-                selected[b].append((run["wiki_test"], run["news_test"] / base["news_test"], run["prior"], run["lam"]))
-            if prior in PRIORS:
+                selected[b].append((run["wiki_test"], run["news_test"] / base["news_test"], run["prior"],
+                                    strength(run)))
+            if system in PRIORS:
                 default += [r["news_test"] / base["news_test"] for r in trials.values()
                             if r["lam"] == args["default_lam"]]
-        summary[prior] = {
+        summary[system] = {
             "front": {str(b): _mean_sd(v) for b, v in fronts.items()},
             "selected": {str(b): {"wiki_test": _mean_sd([s[0] for s in v]), "news_ratio": _mean_sd([s[1] for s in v]),
                                   "runs": [s[2:] for s in v]} for b, v in selected.items()},
             "default_news_ratio": _mean_sd(default) if default else None,
         }
-    return summary
+    return {"systems": summary, "beaten": beaten(main, args), "spread": spread(rows, args)}
+
+
+FINE_BUDGETS = [round(1.0 + 0.01 * i, 2) for i in range(31)]
+
+
+def beaten(rows: list[dict], args: dict, tie: float = 0.05) -> dict[str, list[dict]]:
+    """Per system and budget of 1.0x-1.3x (step 0.01): every other front it lies above by more than one paired
+    sd (same seed) and more than `tie` perplexity, with the paired difference's mean and sd."""
+    bases = [r for r in rows if r["prior"] == "none"]
+    systems = [s for s in analysed(rows) if s != "none"]
+    curves = {s: {b: [seed_front(rows, s, base, b) for base in bases] for b in FINE_BUDGETS} for s in systems}
+    out = {}
+    for system in systems:
+        out[system] = []
+        for b in FINE_BUDGETS:
+            for other in systems:
+                d = _mean_sd([x - y for x, y in zip(curves[system][b], curves[other][b])])
+                if other != system and d["mean"] > max(d["sd"], tie):
+                    out[system].append({"budget": b, "other": other, **d})
+    return out
+
+
+def spread(rows: list[dict], args: dict) -> dict:
+    """With runs of worlds > 0 (another pre-training seed, curvature sample and fine-tuning seed): per prior
+    run there and budget, the front's mean +- sd over the worlds (world 0 with its seed 0 included) beside the
+    mean +- sd over world 0's fine-tuning seeds, both on the lams every world ran, and the same for each
+    front minus L2-SP's (paired)."""
+    worlds = sorted({r["world"] for r in rows} - {0})
+    if not worlds:
+        return {}
+    plains = {(r["world"], r["seed"]): r for r in rows if r["prior"] == "none"}
+    world_bases = [plains[(0, min(s for w, s in plains if w == 0))]] + \
+        [plains[k] for k in sorted(plains) if k[0] in worlds]
+    seed_bases = [plains[k] for k in sorted(plains) if k[0] == 0]
+    systems = sorted({r["prior"] for r in rows if r["world"] in worlds} - {"none"})
+    lams = {system: set.intersection(*[{strength(r) for r in rows if r["prior"] == system and r["world"] == w}
+                                       for w in [0, *worlds]]) for system in systems}
+    out = {}
+    for system in systems:
+        out[system] = {"lams": sorted(lams[system])}
+        for b in args["budgets"]:
+            cell = {}
+            for name, bases in (("seeds", seed_bases), ("worlds", world_bases)):
+                values = [seed_front(rows, system, base, b, lams[system]) for base in bases]
+                cell[name] = _mean_sd(values)
+                if "l2sp" in systems and system != "l2sp":
+                    cell[name + "_minus_l2sp"] = _mean_sd([v - seed_front(rows, "l2sp", base, b, lams["l2sp"])
+                                                           for v, base in zip(values, bases)])
+            out[system][str(b)] = cell
+    return out
 
 
 def tables(results: dict) -> str:
-    """Markdown: the fronts, the validation-selected runs and the default lam, per prior and budget."""
+    """Markdown: the fronts, the validation-selected runs, the default lam, where each front is beaten and the
+    spread over worlds, per system and budget."""
     args, summary = results["args"], results["summary"]
+    systems = summary["systems"]
     budgets = [str(b) for b in args["budgets"]]
-    head = "| prior | " + " | ".join(f"{b}x" for b in budgets) + " |"
+    head = "| system | " + " | ".join(f"{b}x" for b in budgets) + " |"
     rule = "|---|" + "---|" * len(budgets)
     out = [f"pre-trained: news test ppl {results['pretrained']['news_test']:.2f}, "
            f"wiki test ppl {results['pretrained']['wiki_test']:.2f}", "",
            "Front: lowest held-out (test) Wikipedia perplexity within the news-perplexity budget (mean +- sd "
-           f"over seeds {args['seeds']})", "", head, rule]
-    for prior, s in summary.items():
+           f"over seeds {args['seeds']}; a family's member chosen on validation)", "", head, rule]
+    for system, s in systems.items():
         cells = [f"{s['front'][b]['mean']:.1f} +- {s['front'][b]['sd']:.1f}" for b in budgets]
-        out.append(f"| {prior} | " + " | ".join(cells) + " |")
+        out.append(f"| {system} | " + " | ".join(cells) + " |")
     out += ["", "Selected on validation (tolerance = budget - 1): test Wikipedia perplexity [test news ratio]", "",
             head, rule]
-    for prior, s in summary.items():
+    for system, s in systems.items():
         cells = [f"{s['selected'][b]['wiki_test']['mean']:.1f} +- {s['selected'][b]['wiki_test']['sd']:.1f} "
                  f"[{s['selected'][b]['news_ratio']['mean']:.3f}]" for b in budgets]
-        out.append(f"| {prior} | " + " | ".join(cells) + " |")
+        out.append(f"| {system} | " + " | ".join(cells) + " |")
     out += ["", f"Default lam = {args['default_lam']:g} (relative scaling): test news perplexity / plain LoRA's", "",
             "| prior | news ratio |", "|---|---|"]
-    for prior, s in summary.items():
+    for system, s in systems.items():
         if s["default_news_ratio"]:
             d = s["default_news_ratio"]
-            out.append(f"| {prior} | {d['mean']:.3f} +- {d['sd']:.3f} |")
+            out.append(f"| {system} | {d['mean']:.3f} +- {d['sd']:.3f} |")
+    out += ["", "Budgets (1.0x-1.3x, step 0.01) where a front lies above another by more than one paired sd "
+            "(and 0.05): the worst other front there, difference mean +- sd", "",
+            "| system | beaten at | by (worst case) |", "|---|---|---|"]
+    for system, cases in summary["beaten"].items():
+        worst = {}
+        for c in cases:
+            if c["budget"] not in worst or c["mean"] > worst[c["budget"]]["mean"]:
+                worst[c["budget"]] = c
+        where = budget_ranges(list(worst)) or "nowhere"
+        top = max(worst.values(), key=lambda c: c["mean"], default=None)
+        out.append(f"| {system} | {where} | " + (f"{top['other']} at {top['budget']:g}x: +{top['mean']:.2f} +- "
+                                                 f"{top['sd']:.2f} |" if top else "- |"))
+    if summary["spread"]:
+        out += ["", "Spread: front over worlds (pre-training seed, curvature sample, fine-tuning seed all varied) "
+                "beside the front over fine-tuning seeds alone (world 0), on the same lams; [minus L2-SP, paired]",
+                "", "| system | spread | " + " | ".join(f"{b}x" for b in budgets) + " |",
+                "|---|---|" + "---|" * len(budgets)]
+        for system, cells in summary["spread"].items():
+            for name in ("seeds", "worlds"):
+                row = []
+                for b in budgets:
+                    c = cells[b]
+                    text = f"{c[name]['mean']:.1f} +- {c[name]['sd']:.1f}"
+                    if name + "_minus_l2sp" in c:
+                        d = c[name + "_minus_l2sp"]
+                        text += f" [{d['mean']:+.1f} +- {d['sd']:.1f}]"
+                    row.append(text)
+                out.append(f"| {system} | {name} | " + " | ".join(row) + " |")
     return "\n".join(out)
 
 
@@ -371,16 +601,16 @@ def plot(results: dict, path: Path) -> None:
 
     from tts_bpeft.io import atomic_write
 
-    args, rows = results["args"], results["runs"]
+    args, rows = results["args"], [r for r in with_defaults(results["runs"]) if r["world"] == 0]
     bases = [r for r in rows if r["prior"] == "none"]
     grid = [1.0 + i * 0.005 for i in range(61)]
     reference = [[seed_front(rows, "l2sp", base, b) for b in grid] for base in bases]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for prior in analysed(args):
+    for prior in analysed(rows):
         if prior == "none":
             continue
         curves = [[seed_front(rows, prior, base, b) for b in grid] for base in bases]
-        style = {"c": COLORS[prior], "ls": "--" if prior in FAMILIES else "-"}
+        style = {"c": COLORS[prior], "ls": "--" if prior in FAMILIES else ":" if prior == REPLAY else "-"}
         for ax, series in ((axes[0], curves), (axes[1], [[y - r for y, r in zip(c, ref)]
                                                           for c, ref in zip(curves, reference)])):
             mean = [statistics.fmean(c) for c in zip(*series)]
