@@ -13,9 +13,11 @@
    each prior's path is then extended (lam x --extend-factor) until it reaches the pre-trained model's
    Wikipedia perplexity (within --reach) or passes the largest budget. The rival, replay: plain LoRA whose
    fine-tuning examples include a share --replay of pre-training blocks, at the same number of steps.
-   --world k > 0 repeats everything from another pre-training seed and curvature sample (seed k).
+   --world k repeats everything from another pre-training seed and curvature sample (seed k). A run's world
+   is that seed and a fingerprint of the pre-trained weights: pre-training is not bit-reproducible across
+   machines and torch builds, so runs on different pre-trained models never mix.
    Every run is cached as a JSON file: an interrupted benchmark resumes where it stopped; the analysis uses
-   every cached run of the current settings (--import-runs seeds the cache from a results file).
+   every cached run of the current settings (--merge-json adds the runs of an earlier results file).
 5. Per run: news and Wikipedia perplexity on the validation and the test splits. Per prior and budget b
    (news perplexity <= b x plain LoRA's, same seed), over seeds (mean +- sd):
    - the *front*: the lowest test Wikipedia perplexity on the piecewise-linear lam path whose test news
@@ -129,8 +131,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--replay", nargs="*", type=float, default=[0.01, 0.1, 0.3],
                    help="replayed shares of pre-training blocks among the fine-tuning examples")
     p.add_argument("--world", type=int, default=0, help="pre-training seed and curvature sample seed")
-    p.add_argument("--import-runs", type=Path, help="seed the run cache from a results JSON of the same settings")
+    p.add_argument("--merge-json", type=Path, help="analyse the runs of this results JSON too (other worlds)")
     p.add_argument("--from-json", type=Path, help="analyse a results JSON only (no model, no fine-tune)")
+    p.add_argument("--analyse-only", action="store_true", help="no fine-tune: analyse every cached run")
     return p.parse_args()
 
 
@@ -176,6 +179,8 @@ class Bench:
         news_val = news[args.train_news:args.train_news + args.val_news]
         news_test = news[args.train_news + args.val_news:]
         self.tokenizer, self.base, self.info = pretrained(args, wiki_train)
+        weights = hashlib.sha256((model_folder(args) / "model.safetensors").read_bytes()).hexdigest()[:8]
+        self.world = f"{args.world}:{weights}"  # pre-training seed : fingerprint of the pre-trained weights
         tok, block, pad = self.tokenizer, args.block, self.tokenizer.pad_token_id
         limit = args.eval_tokens // block
         self.eval_sets = {"news_val": packed_blocks(tok, news_val, block),
@@ -190,7 +195,7 @@ class Bench:
         self.curvatures: dict[str, Curvature] = {}
         self.curvature_seconds: dict[str, float] = {}
         for method in ("kfac", "ewc", "ekfac"):
-            path = args.cache / f"curvature_{method}_{args.fisher}_{model_key(args, args.world)}.safetensors"
+            path = args.cache / f"curvature_{method}_{args.fisher}_{model_key(args, self.world)}.safetensors"
             timing = path.with_suffix(".json")
             if not path.is_file():
                 start = time.time()
@@ -237,7 +242,7 @@ class Bench:
 
     def run(self, prior: str, lam: float, seed: int, replay: float = 0.0) -> dict:
         """One fine-tune (cached by its options)."""
-        path = self.args.cache / "runs" / f"{run_key(self.args, prior, lam, seed, replay, self.args.world)}.json"
+        path = self.args.cache / "runs" / f"{run_key(self.args, prior, lam, seed, replay, self.world)}.json"
         if path.is_file():
             return json.loads(path.read_text())
         torch.set_num_threads(1)
@@ -248,7 +253,7 @@ class Bench:
         history = finetune(model, loader, clm_loss, prior=self.prior(prior, lam), lr=self.args.lr,
                            epochs=math.ceil(self.args.steps / len(loader)), max_steps=self.args.steps, seed=seed,
                            progress=False)
-        row = {"prior": prior, "lam": lam, "seed": seed, "replay": replay, "world": self.args.world,
+        row = {"prior": prior, "lam": lam, "seed": seed, "replay": replay, "world": self.world,
                **self.evaluate(model), "train_loss": history[-1]["task_loss"], "seconds": time.time() - start}
         save_json(row, path)
         return row
@@ -259,14 +264,14 @@ def model_folder(args) -> Path:
     return args.cache / f"opt_v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_seed{args.world}"
 
 
-def model_key(args, world: int) -> str:
-    """The pre-trained model and curvature sample a run starts from (world 0 keeps the first runs' keys)."""
-    key = f"v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_n{args.curvature_samples}_" + \
-        hashlib.sha256(" ".join(args.targets).encode()).hexdigest()[:6]
-    return key + (f"_world{world}" if world else "")
+def model_key(args, world: str) -> str:
+    """The pre-trained model (world: pre-training seed and weights' fingerprint) and curvature sample a run
+    starts from."""
+    return f"v{args.vocab}_h{args.hidden}_l{args.layers}_s{args.pretrain_steps}_n{args.curvature_samples}_" + \
+        hashlib.sha256(" ".join(args.targets).encode()).hexdigest()[:6] + "_world" + world.replace(":", "_")
 
 
-def run_key(args, prior: str, lam: float, seed: int, replay: float = 0.0, world: int = 0) -> str:
+def run_key(args, prior: str, lam: float, seed: int, replay: float, world: str) -> str:
     """The cache name of one fine-tune: a hash of every option its result depends on."""
     spec = PRIORS.get(prior, {})
     options = {"prior": prior, "lam": lam, "seed": seed, "r": args.r, "alpha": args.alpha, "lr": args.lr,
@@ -284,30 +289,10 @@ def cached_runs(args) -> list[dict]:
     rows = []
     for path in sorted((args.cache / "runs").glob("*.json")):
         row = json.loads(path.read_text())
-        row.setdefault("replay", 0.0)
-        row.setdefault("world", 0)
-        if path.stem == run_key(args, row["prior"], row["lam"], row["seed"], row["replay"], row["world"]):
+        if "world" in row and path.stem == run_key(args, row["prior"], row["lam"], row["seed"], row["replay"],
+                                                   row["world"]):
             rows.append(row)
     return rows
-
-
-def import_runs(args, results_path: Path) -> int:
-    """Write the runs of a results JSON into the cache (refused if its settings differ); the number written."""
-    results = json.loads(results_path.read_text())
-    same = ("vocab", "hidden", "layers", "block", "pretrain_steps", "pretrain_lr", "curvature_samples", "targets",
-            "r", "alpha", "lr", "steps", "batch", "train_news", "val_news", "fisher", "eval_tokens", "damping", "mu",
-            "val_articles", "test_articles")
-    differ = [k for k in same if results["args"][k] != getattr(args, k)]
-    if differ:
-        raise ValueError(f"{results_path}: its runs used other settings ({', '.join(differ)}); pass the same flags")
-    written = 0
-    for row in results["runs"]:
-        path = args.cache / "runs" / \
-            f"{run_key(args, row['prior'], row['lam'], row['seed'], row.get('replay', 0.0), row.get('world', 0))}.json"
-        if not path.is_file():
-            save_json(row, path)
-            written += 1
-    return written
 
 
 _BENCH: Bench | None = None
@@ -342,10 +327,14 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
     if args.from_json:
-        results = json.loads(args.from_json.read_text())
-        results["args"].update(budgets=args.budgets)
+        analysed_file = json.loads(args.from_json.read_text())
+        results = {"args": {**analysed_file["args"], "budgets": args.budgets}, "runs": [], "pretrained": {},
+                   "curvature_seconds": {}, "pretrain": {}}
+        merge(results, analysed_file)
     else:
         results = run_all(args)
+    if args.merge_json:
+        merge(results, json.loads(args.merge_json.read_text()))
     results["summary"] = summarise(results["runs"], results["args"])
     args.out.mkdir(parents=True, exist_ok=True)
     save_json(results, args.out / "forgetting_opt.json")
@@ -353,32 +342,43 @@ def main() -> None:
     print(tables(results))
 
 
+def merge(results: dict, other: dict) -> None:
+    """Add the runs, pre-trained perplexities and curvature timings of another results file (its worlds)."""
+    if "news_test" in other["pretrained"]:  # written before worlds were recorded
+        other = {**other, **{k: {ORIGINAL: other[k]} for k in ("pretrained", "curvature_seconds", "pretrain")}}
+    known = {json.dumps(r, sort_keys=True) for r in with_defaults(results["runs"])}
+    results["runs"] += [r for r in with_defaults(other["runs"]) if json.dumps(r, sort_keys=True) not in known]
+    for key in ("pretrained", "curvature_seconds", "pretrain"):
+        results[key] = {**other[key], **results[key]}
+
+
 def run_all(args) -> dict:
     """Every fine-tune of the grid, the replay shares and the lam extensions (cached), then every cached run
     of the current settings, as the results to analyse."""
     global _BENCH
     t0 = time.time()
-    if args.import_runs:
-        print(f"{import_runs(args, args.import_runs)} runs imported from {args.import_runs}")
     _BENCH = bench = Bench(args)
     pretrained_ppl = bench.pretrained_perplexity()
     jobs = [("none", 0.0, seed, 0.0) for seed in args.seeds]
     jobs += [(REPLAY, 0.0, seed, share) for seed in args.seeds for share in args.replay]
     jobs += [(prior, lam, seed, 0.0) for seed in args.seeds for prior in args.priors
              for lam in sorted(set(args.lams) | {args.default_lam})]
+    if args.analyse_only:
+        jobs = []
     done = 0
     # fork: the workers inherit the data, the model and the curvature estimates
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as pool:
         while jobs:
             for _ in tqdm(pool.map(_run_in_worker, jobs), total=len(jobs), desc="fine-tunes"):
                 done += 1
-            world = [r for r in cached_runs(args) if r["world"] == args.world]
-            jobs = extensions(world, pretrained_ppl, args)
+            world = [r for r in cached_runs(args) if r["world"] == bench.world]
+            jobs = [] if args.analyse_only else extensions(world, pretrained_ppl, args)
     rows = cached_runs(args)
     args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print(f"{done} fine-tunes checked or run in {time.time() - t0:.0f} s; {len(rows)} cached runs analysed")
-    return {"pretrained": pretrained_ppl, "pretrain": {k: v for k, v in bench.info.items() if k != "history"},
-            "curvature_seconds": bench.curvature_seconds, "args": args_json, "runs": rows}
+    return {"pretrained": {bench.world: pretrained_ppl}, "curvature_seconds": {bench.world: bench.curvature_seconds},
+            "pretrain": {bench.world: {k: v for k, v in bench.info.items() if k != "history"}},
+            "args": args_json, "runs": rows}
 
 
 # -- analysis -----------------------------------------------------------------------------------------
@@ -444,48 +444,90 @@ def seed_front(rows: list[dict], system: str, base: dict, budget: float, lams: s
     return front(path_of(rows, member, base, "test", lams), budget)
 
 
+ORIGINAL = "0:original"  # the world of results files written before worlds were recorded
+
+
 def with_defaults(rows: list[dict]) -> list[dict]:
-    """Runs of results files written before replay and worlds: replay share 0, world 0."""
-    return [{"replay": 0.0, "world": 0, **r} for r in rows]
+    """Runs of results files written before replay and worlds: replay share 0, world ORIGINAL."""
+    return [{"replay": 0.0, "world": ORIGINAL, **r} for r in rows]
 
 
-def summarise(rows: list[dict], args: dict) -> dict:
-    """Per system (prior, family, replay): the test front, the validation-selected run and the default lam's
-    ratio, per budget, mean and sd over seeds (world 0); where each front lies more than one paired sd above
-    another; and, with runs of other worlds, the spread over worlds beside the spread over seeds."""
-    rows = with_defaults(rows)
-    main = [r for r in rows if r["world"] == 0]
-    plain = {r["seed"]: r for r in main if r["prior"] == "none"}
+def worlds_of(rows: list[dict]) -> list[str]:
+    """The worlds with plain LoRA runs, the one with the most runs first (the primary world)."""
+    counts = {w: sum(r["world"] == w for r in rows) for w in {r["world"] for r in rows if r["prior"] == "none"}}
+    return sorted(counts, key=lambda w: (-counts[w], w))
+
+
+def default_ratio(runs: list[dict], base: dict, lam: float) -> float | None:
+    """The test news ratio at `lam`: the run's, else interpolated linearly in log lam between the runs
+    around it (None outside the runs' lams)."""
+    points = sorted((r["lam"], r["news_test"] / base["news_test"]) for r in runs if r["lam"] > 0)
+    for (l0, y0), (l1, y1) in zip(points, points[1:] + points[-1:]):
+        if l0 == lam:
+            return y0
+        if l0 < lam < l1:
+            return y0 + (y1 - y0) * math.log(lam / l0) / math.log(l1 / l0)
+    return None
+
+
+def summarise_world(rows: list[dict], args: dict) -> dict:
+    """Per system (prior, family, replay) of one world: the test front, the validation-selected run and the
+    default lam's news ratio per budget, mean and sd over seeds; and where each front is beaten."""
+    plain = {r["seed"]: r for r in rows if r["prior"] == "none"}
     summary = {}
-    for system in analysed(main):
+    for system in analysed(rows):
         fronts, selected, default = {b: [] for b in args["budgets"]}, {b: [] for b in args["budgets"]}, []
         for seed, base in plain.items():
             # a family's trials carry their member's index as mu, so pick() chooses among members too
             trials = {Trial(strength(r), float(i), r["news_val"], r["wiki_val"]): r
-                      for i, member in enumerate(members(system)) for r in main
+                      for i, member in enumerate(members(system)) for r in rows
                       if r["prior"] == member and r["seed"] == seed}
             plain_trial = Trial(0.0, 0.0, base["news_val"], base["wiki_val"])
             for b in args["budgets"]:
-                fronts[b].append(seed_front(main, system, base, b))
+                fronts[b].append(seed_front(rows, system, base, b))
                 run = trials.get(pick(list(trials), plain_trial, b - 1), base)
                 selected[b].append((run["wiki_test"], run["news_test"] / base["news_test"], run["prior"],
                                     strength(run)))
-            if system in PRIORS:
-                default += [r["news_test"] / base["news_test"] for r in trials.values()
-                            if r["lam"] == args["default_lam"]]
+            ratio = default_ratio(list(trials.values()), base, args["default_lam"]) if system in PRIORS else None
+            default += [ratio] if ratio is not None else []
         summary[system] = {
             "front": {str(b): _mean_sd(v) for b, v in fronts.items()},
             "selected": {str(b): {"wiki_test": _mean_sd([s[0] for s in v]), "news_ratio": _mean_sd([s[1] for s in v]),
-                                  "runs": [s[2:] for s in v]} for b, v in selected.items()},
+                                  "runs": [s[2:] for s in v], "wiki_test_per_seed": [s[0] for s in v]}
+                         for b, v in selected.items()},
             "default_news_ratio": _mean_sd(default) if default else None,
         }
-    return {"systems": summary, "beaten": beaten(main, args), "spread": spread(rows, args)}
+    return {"systems": summary, "beaten": beaten(rows), "selected_beaten": selected_beaten(summary, args)}
+
+
+def selected_beaten(summary: dict, args: dict, tie: float = 0.05) -> dict[str, list[dict]]:
+    """Per system and budget: every other system whose validation-selected run is lower on the test split by
+    more than one paired sd (same seed) and more than `tie` perplexity (plain LoRA not counted)."""
+    out = {}
+    for system, s in summary.items():
+        out[system] = []
+        for b in map(str, args["budgets"]):
+            for other, o in summary.items():
+                d = _mean_sd([x - y for x, y in zip(s["selected"][b]["wiki_test_per_seed"],
+                                                    o["selected"][b]["wiki_test_per_seed"])])
+                if other not in (system, "none") and d["mean"] > max(d["sd"], tie):
+                    out[system].append({"budget": float(b), "other": other, **d})
+    return out
+
+
+def summarise(rows: list[dict], args: dict) -> dict:
+    """Every world's summary (the primary world, with the most runs, first) and, with several worlds, the
+    spread over worlds beside the spread over seeds."""
+    rows = with_defaults(rows)
+    worlds = worlds_of(rows)
+    return {"worlds": {w: summarise_world([r for r in rows if r["world"] == w], args) for w in worlds},
+            "spread": spread(rows, worlds, args)}
 
 
 FINE_BUDGETS = [round(1.0 + 0.01 * i, 2) for i in range(31)]
 
 
-def beaten(rows: list[dict], args: dict, tie: float = 0.05) -> dict[str, list[dict]]:
+def beaten(rows: list[dict], tie: float = 0.05) -> dict[str, list[dict]]:
     """Per system and budget of 1.0x-1.3x (step 0.01): every other front it lies above by more than one paired
     sd (same seed) and more than `tie` perplexity, with the paired difference's mean and sd."""
     bases = [r for r in rows if r["prior"] == "none"]
@@ -502,97 +544,103 @@ def beaten(rows: list[dict], args: dict, tie: float = 0.05) -> dict[str, list[di
     return out
 
 
-def spread(rows: list[dict], args: dict) -> dict:
-    """With runs of worlds > 0 (another pre-training seed, curvature sample and fine-tuning seed): per prior
-    run there and budget, the front's mean +- sd over the worlds (world 0 with its seed 0 included) beside the
-    mean +- sd over world 0's fine-tuning seeds, both on the lams every world ran, and the same for each
-    front minus L2-SP's (paired)."""
-    worlds = sorted({r["world"] for r in rows} - {0})
-    if not worlds:
+def spread(rows: list[dict], worlds: list[str], args: dict) -> dict:
+    """Per prior run in several worlds (pre-training seed or build, curvature sample) and budget, on the lams
+    every world ran: the front's mean +- sd over each world's fine-tuning seeds, and over all (world, seed)
+    pairs pooled (what varies when everything varies); the same for the front minus L2-SP's (paired)."""
+    if len(worlds) < 2:
         return {}
-    plains = {(r["world"], r["seed"]): r for r in rows if r["prior"] == "none"}
-    world_bases = [plains[(0, min(s for w, s in plains if w == 0))]] + \
-        [plains[k] for k in sorted(plains) if k[0] in worlds]
-    seed_bases = [plains[k] for k in sorted(plains) if k[0] == 0]
-    systems = sorted({r["prior"] for r in rows if r["world"] in worlds} - {"none"})
+    bases = {w: [r for r in rows if r["world"] == w and r["prior"] == "none"] for w in worlds}
+    shared = set.intersection(*[{r["prior"] for r in rows if r["world"] == w} for w in worlds]) - {"none"}
     lams = {system: set.intersection(*[{strength(r) for r in rows if r["prior"] == system and r["world"] == w}
-                                       for w in [0, *worlds]]) for system in systems}
+                                       for w in worlds]) for system in shared}
     out = {}
-    for system in systems:
+    for system in [p for p in [*PRIORS, REPLAY] if p in shared]:
         out[system] = {"lams": sorted(lams[system])}
         for b in args["budgets"]:
-            cell = {}
-            for name, bases in (("seeds", seed_bases), ("worlds", world_bases)):
-                values = [seed_front(rows, system, base, b, lams[system]) for base in bases]
-                cell[name] = _mean_sd(values)
-                if "l2sp" in systems and system != "l2sp":
-                    cell[name + "_minus_l2sp"] = _mean_sd([v - seed_front(rows, "l2sp", base, b, lams["l2sp"])
-                                                           for v, base in zip(values, bases)])
+            fronts = {w: [seed_front(rows, system, base, b, lams[system]) for base in bases[w]] for w in worlds}
+            cell = {w: _mean_sd(v) for w, v in fronts.items()}
+            cell["pooled"] = _mean_sd([v for w in worlds for v in fronts[w]])
+            if "l2sp" in shared and system != "l2sp":
+                diffs = {w: [v - seed_front(rows, "l2sp", base, b, lams["l2sp"])
+                             for v, base in zip(fronts[w], bases[w])] for w in worlds}
+                cell.update({f"{w} minus l2sp": _mean_sd(v) for w, v in diffs.items()})
+                cell["pooled minus l2sp"] = _mean_sd([v for w in worlds for v in diffs[w]])
             out[system][str(b)] = cell
     return out
 
 
-def tables(results: dict) -> str:
-    """Markdown: the fronts, the validation-selected runs, the default lam, where each front is beaten and the
-    spread over worlds, per system and budget."""
-    args, summary = results["args"], results["summary"]
+def _cell(d: dict, digits: int = 1, sign: str = "") -> str:
+    return f"{d['mean']:{sign}.{digits}f} +- {d['sd']:.{digits}f}"
+
+
+def world_tables(world: str, summary: dict, pretrained: dict | None, args: dict) -> list[str]:
+    """Markdown of one world: fronts, validation-selected runs, default lam, where each front is beaten."""
     systems = summary["systems"]
     budgets = [str(b) for b in args["budgets"]]
     head = "| system | " + " | ".join(f"{b}x" for b in budgets) + " |"
     rule = "|---|" + "---|" * len(budgets)
-    out = [f"pre-trained: news test ppl {results['pretrained']['news_test']:.2f}, "
-           f"wiki test ppl {results['pretrained']['wiki_test']:.2f}", "",
-           "Front: lowest held-out (test) Wikipedia perplexity within the news-perplexity budget (mean +- sd "
-           f"over seeds {args['seeds']}; a family's member chosen on validation)", "", head, rule]
-    for system, s in systems.items():
-        cells = [f"{s['front'][b]['mean']:.1f} +- {s['front'][b]['sd']:.1f}" for b in budgets]
-        out.append(f"| {system} | " + " | ".join(cells) + " |")
+    out = [f"## World {world}", ""]
+    if pretrained:
+        out += [f"pre-trained: news test ppl {pretrained['news_test']:.2f}, wiki test ppl "
+                f"{pretrained['wiki_test']:.2f}", ""]
+    out += ["Front: lowest held-out (test) Wikipedia perplexity within the news-perplexity budget (mean +- sd "
+            "over seeds; a family's member chosen on validation)", "", head, rule]
+    out += [f"| {k} | " + " | ".join(_cell(v["front"][b]) for b in budgets) + " |" for k, v in systems.items()]
     out += ["", "Selected on validation (tolerance = budget - 1): test Wikipedia perplexity [test news ratio]", "",
             head, rule]
-    for system, s in systems.items():
-        cells = [f"{s['selected'][b]['wiki_test']['mean']:.1f} +- {s['selected'][b]['wiki_test']['sd']:.1f} "
-                 f"[{s['selected'][b]['news_ratio']['mean']:.3f}]" for b in budgets]
-        out.append(f"| {system} | " + " | ".join(cells) + " |")
-    out += ["", f"Default lam = {args['default_lam']:g} (relative scaling): test news perplexity / plain LoRA's", "",
-            "| prior | news ratio |", "|---|---|"]
-    for system, s in systems.items():
-        if s["default_news_ratio"]:
-            d = s["default_news_ratio"]
-            out.append(f"| {system} | {d['mean']:.3f} +- {d['sd']:.3f} |")
+    for k, v in systems.items():
+        picked = [v["selected"][b] for b in budgets]
+        out.append(f"| {k} | " + " | ".join(f"{_cell(c['wiki_test'])} [{c['news_ratio']['mean']:.3f}]"
+                                            for c in picked) + " |")
+    out += ["", f"Default lam = {args['default_lam']:g} (relative scaling; interpolated in log lam where not run): "
+            "test news perplexity / plain LoRA's", "", "| prior | news ratio |", "|---|---|"]
+    out += [f"| {k} | {_cell(v['default_news_ratio'], 3)} |" for k, v in systems.items() if v["default_news_ratio"]]
     out += ["", "Budgets (1.0x-1.3x, step 0.01) where a front lies above another by more than one paired sd "
-            "(and 0.05): the worst other front there, difference mean +- sd", "",
-            "| system | beaten at | by (worst case) |", "|---|---|---|"]
-    for system, cases in summary["beaten"].items():
+            "(and 0.05): the worst case, difference mean +- sd", "",
+            "| system | beaten at | worst case |", "|---|---|---|"]
+    out += _beaten_table(summary["beaten"])
+    out += ["", "Budgets of the table where a validation-selected run lies above another system's selected run by "
+            "more than one paired sd (and 0.05)", "", "| system | beaten at | worst case |", "|---|---|---|"]
+    out += _beaten_table(summary["selected_beaten"])
+    return out
+
+
+def _beaten_table(beaten_cases: dict[str, list[dict]]) -> list[str]:
+    out = []
+    for system, cases in beaten_cases.items():
         worst = {}
         for c in cases:
             if c["budget"] not in worst or c["mean"] > worst[c["budget"]]["mean"]:
                 worst[c["budget"]] = c
-        where = budget_ranges(list(worst)) or "nowhere"
         top = max(worst.values(), key=lambda c: c["mean"], default=None)
-        out.append(f"| {system} | {where} | " + (f"{top['other']} at {top['budget']:g}x: +{top['mean']:.2f} +- "
-                                                 f"{top['sd']:.2f} |" if top else "- |"))
+        out.append(f"| {system} | {budget_ranges(list(worst)) or 'nowhere'} | "
+                   + (f"{top['other']} at {top['budget']:g}x: +{_cell(top, 2)} |" if top else "- |"))
+    return out
+
+
+def tables(results: dict) -> str:
+    """Markdown: every world's tables, then the spread over worlds beside the spread over seeds."""
+    args, summary = results["args"], results["summary"]
+    out = []
+    for world, world_summary in summary["worlds"].items():
+        out += world_tables(world, world_summary, results["pretrained"].get(world), args) + [""]
     if summary["spread"]:
-        out += ["", "Spread: front over worlds (pre-training seed, curvature sample, fine-tuning seed all varied) "
-                "beside the front over fine-tuning seeds alone (world 0), on the same lams; [minus L2-SP, paired]",
-                "", "| system | spread | " + " | ".join(f"{b}x" for b in budgets) + " |",
-                "|---|---|" + "---|" * len(budgets)]
+        budgets = [str(b) for b in args["budgets"]]
+        out += ["## Spread over worlds", "", "Front per world (mean +- sd over its fine-tuning seeds) and pooled over "
+                "every (world, seed), on the lams every world ran; [front minus L2-SP's, paired]", "",
+                "| system | over | " + " | ".join(f"{b}x" for b in budgets) + " |", "|---|---|" + "---|" * len(budgets)]
         for system, cells in summary["spread"].items():
-            for name in ("seeds", "worlds"):
-                row = []
-                for b in budgets:
-                    c = cells[b]
-                    text = f"{c[name]['mean']:.1f} +- {c[name]['sd']:.1f}"
-                    if name + "_minus_l2sp" in c:
-                        d = c[name + "_minus_l2sp"]
-                        text += f" [{d['mean']:+.1f} +- {d['sd']:.1f}]"
-                    row.append(text)
+            for name in [*summary["worlds"], "pooled"]:
+                row = [_cell(cells[b][name]) + (f" [{_cell(cells[b][name + ' minus l2sp'], 1, '+')}]"
+                                                if name + " minus l2sp" in cells[b] else "") for b in budgets]
                 out.append(f"| {system} | {name} | " + " | ".join(row) + " |")
     return "\n".join(out)
 
 
 def plot(results: dict, path: Path) -> None:
-    """Left: every prior's front (test Wikipedia perplexity vs news budget; mean over seeds, +- sd shaded).
-    Right: each front minus L2-SP's front of the same seed (paired, so the seed-to-seed spread of the
+    """One row per world. Left: every front (test Wikipedia perplexity vs news budget; mean over seeds, +- sd
+    shaded). Right: each front minus L2-SP's front of the same seed (paired, so the seed-to-seed spread of the
     fine-tuning itself cancels), mean +- sd."""
     import matplotlib
 
@@ -601,34 +649,36 @@ def plot(results: dict, path: Path) -> None:
 
     from tts_bpeft.io import atomic_write
 
-    args, rows = results["args"], [r for r in with_defaults(results["runs"]) if r["world"] == 0]
-    bases = [r for r in rows if r["prior"] == "none"]
+    rows = with_defaults(results["runs"])
+    worlds = worlds_of(rows)
     grid = [1.0 + i * 0.005 for i in range(61)]
-    reference = [[seed_front(rows, "l2sp", base, b) for b in grid] for base in bases]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for prior in analysed(rows):
-        if prior == "none":
-            continue
-        curves = [[seed_front(rows, prior, base, b) for b in grid] for base in bases]
-        style = {"c": COLORS[prior], "ls": "--" if prior in FAMILIES else ":" if prior == REPLAY else "-"}
-        for ax, series in ((axes[0], curves), (axes[1], [[y - r for y, r in zip(c, ref)]
-                                                          for c, ref in zip(curves, reference)])):
-            mean = [statistics.fmean(c) for c in zip(*series)]
-            sd = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in zip(*series)]
-            ax.plot(grid, mean, label=prior, **style)
-            ax.fill_between(grid, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
-                            color=style["c"], alpha=0.08)
-    axes[0].axhline(results["pretrained"]["wiki_test"], c="k", ls=":", lw=1, label="pre-trained")
-    axes[0].set_ylabel("held-out Wikipedia perplexity (test; lower = less forgetting)")
-    axes[0].set_title(f"Fronts (mean +- sd over seeds {args['seeds']})")
-    axes[1].axhline(0.0, c="k", lw=0.8)
-    axes[1].set_ylabel("front - L2-SP's front, same seed (perplexity)")
-    axes[1].set_title("Paired difference to L2-SP (below 0 = less forgetting)")
-    for ax in axes:
-        ax.set_xlabel("news perplexity budget (x plain LoRA, test split)")
-    axes[0].legend(fontsize=8)
+    fig, all_axes = plt.subplots(len(worlds), 2, figsize=(13, 5 * len(worlds)), squeeze=False)
+    for world, axes in zip(worlds, all_axes):
+        runs = [r for r in rows if r["world"] == world]
+        bases = [r for r in runs if r["prior"] == "none"]
+        reference = [[seed_front(runs, "l2sp", base, b) for b in grid] for base in bases]
+        for system in analysed(runs)[1:]:
+            curves = [[seed_front(runs, system, base, b) for b in grid] for base in bases]
+            style = {"c": COLORS[system], "ls": "--" if system in FAMILIES else ":" if system == REPLAY else "-"}
+            for ax, series in ((axes[0], curves), (axes[1], [[y - r for y, r in zip(c, ref)]
+                                                              for c, ref in zip(curves, reference)])):
+                mean = [statistics.fmean(c) for c in zip(*series)]
+                sd = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in zip(*series)]
+                ax.plot(grid, mean, label=system, **style)
+                ax.fill_between(grid, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
+                                color=style["c"], alpha=0.08)
+        if world in results["pretrained"]:
+            axes[0].axhline(results["pretrained"][world]["wiki_test"], c="k", ls=":", lw=1, label="pre-trained")
+        axes[0].set_ylabel("held-out Wikipedia perplexity (test; lower = less forgetting)")
+        axes[0].set_title(f"World {world}: fronts (mean +- sd over {len(bases)} seeds)")
+        axes[1].axhline(0.0, c="k", lw=0.8)
+        axes[1].set_ylabel("front - L2-SP's front, same seed (perplexity)")
+        axes[1].set_title("Paired difference to L2-SP (below 0 = less forgetting)")
+        for ax in axes:
+            ax.set_xlabel("news perplexity budget (x plain LoRA, test split)")
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, format="png"))
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
 
 
