@@ -209,7 +209,8 @@ class Bench:
                 self.curvature_seconds[method] = json.loads(timing.read_text())["seconds"]
 
     def prior(self, name: str, lam: float) -> LaplacePrior | None:
-        if name == "none":
+        """The prior of a run (None for plain LoRA and for replay, which is plain LoRA on mixed data)."""
+        if name in ("none", REPLAY):
             return None
         spec = PRIORS[name]
         options = {"lam": lam, "scaling": "relative", "method": spec["method"],
