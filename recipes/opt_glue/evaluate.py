@@ -12,7 +12,6 @@ pre-trained LM head; ``adapter=null`` gives the pre-trained baseline.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -20,10 +19,7 @@ import torch
 from omegaconf import DictConfig
 from peft import PeftModel
 
-sys.path.append(str(Path(__file__).resolve().parent))  # for opt_common
-from opt_common import documents, finish, log, model_path, path  # noqa: E402
-
-from tts_bpeft.text import (  # noqa: E402
+from tts_bpeft.text import (
     GLUE_TASKS,
     accuracy,
     causal_lm_with_backbone,
@@ -38,6 +34,7 @@ from tts_bpeft.text import (  # noqa: E402
     packed_blocks,
     perplexity,
 )
+from tts_bpeft.text.recipe import documents, finish, log, model_path, path
 
 
 def run(cfg: DictConfig) -> dict:

@@ -27,13 +27,13 @@ def _run(name: str, overrides: list[str]) -> dict:
     return _module(name).run(cfg)
 
 
-def test_paper_defaults_in_configs():
+def test_paper_defaults_and_the_scale_free_lam_in_configs():
     with initialize_config_dir(config_dir=str(RECIPES / "conf"), version_base="1.3"):
         glue = compose(config_name="finetune_glue")
         curv = compose(config_name="estimate_curvature")
     assert (glue.lora.r, glue.lora.alpha, list(glue.lora.targets)) == (16, 32, ["q_proj", "v_proj"])
     assert (glue.train.lr, glue.train.epochs, glue.train.batch_size) == (5e-4, 3, 32)
-    assert glue.model == "facebook/opt-350m" and glue.prior.lam == 1e5
+    assert glue.model == "facebook/opt-350m" and (glue.prior.lam, glue.prior.scaling) == (1.0, "relative")
     assert (curv.data.num_documents, curv.data.block_size, curv.batch_size) == (20000, 1024, 1)
 
 
@@ -66,7 +66,7 @@ def test_recipes_end_to_end(tiny, tmp_path):
 
     clm = _run("finetune_clm", common + [
         f"data.files=[{root / 'news_train.txt'}]", f"data.validation_files=[{root / 'news_dev.txt'}]",
-        "data.block_size=32", "prior.method=l2sp", "prior.lam=1e-3", f"output_dir={tmp_path / 'clm'}"])["metrics"]
+        "data.block_size=32", "prior.kind=l2sp", "prior.lam=1e-3", f"output_dir={tmp_path / 'clm'}"])["metrics"]
     assert clm["history"][-1]["validation_perplexity"] == pytest.approx(clm["perplexity"])
     clm_eval = _run("evaluate", [f"model={model}", "kind=clm", f"adapter={tmp_path / 'clm' / 'adapter'}",
                                  f"target.files=[{root / 'news_dev.txt'}]", "target.block_size=32",
@@ -95,7 +95,7 @@ def test_select_strength_recipe(tiny, tmp_path):
     overrides = [f"model={model}", "lora.r=4", "lora.alpha=8", "train.epochs=1", "train.batch_size=8",
                  "train.lr=3e-2", f"data.files=[{root / 'news_train.txt'}]",
                  f"data.validation_files=[{root / 'news_dev.txt'}]", "data.block_size=32",
-                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.method=kfac", "selection.second=damping",
+                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.kind=kfac", "selection.second=damping",
                  "selection.mus=[0.0,0.3]",
                  f"prior.curvature={tmp_path / 'curvature_kfac.safetensors'}", "selection.tolerance=0.01",
                  "selection.lam0=10", "selection.steps=1", "selection.factor=100", f"output_dir={tmp_path / 'sel'}"]

@@ -37,13 +37,13 @@ class LoraTarget:
         """The effective base weight as the matrix (out, in_flat)."""
         return weight_to_matrix(self.kind, effective_weight(self.base_layer, self.param))
 
-    def factors(self) -> tuple[Tensor, Tensor, float]:
+    def lora_factors(self) -> tuple[Tensor, Tensor, float]:
         """(B (out, r), A (r, in_flat), scale) with dW = scale * B @ A."""
         return lora_factors(self.layer, self.adapter_name, self.param)
 
     def delta_weight_matrix(self) -> Tensor:
         """dW = scale * B @ A, shape (out, in_flat)."""
-        B, A, scale = self.factors()
+        B, A, scale = self.lora_factors()
         return scale * (B @ A)
 
 
