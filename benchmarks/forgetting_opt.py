@@ -548,14 +548,15 @@ def beaten(rows: list[dict], tie: float = 0.05) -> dict[str, list[dict]]:
 
 def spread(rows: list[dict], worlds: list[str], args: dict) -> dict:
     """Per prior run in several worlds (pre-training seed or build, curvature sample) and budget, on the lams
-    every world ran: the front's mean +- sd over each world's fine-tuning seeds, and over all (world, seed)
+    every (world, seed) ran: the front's mean +- sd over each world's fine-tuning seeds, and over all (world, seed)
     pairs pooled (what varies when everything varies); the same for the front minus L2-SP's (paired)."""
     if len(worlds) < 2:
         return {}
     bases = {w: [r for r in rows if r["world"] == w and r["prior"] == "none"] for w in worlds}
     shared = set.intersection(*[{r["prior"] for r in rows if r["world"] == w} for w in worlds]) - {"none"}
-    lams = {system: set.intersection(*[{strength(r) for r in rows if r["prior"] == system and r["world"] == w}
-                                       for w in worlds]) for system in shared}
+    lams = {system: set.intersection(*[{strength(r) for r in rows if r["prior"] == system and r["world"] == w
+                                        and r["seed"] == base["seed"]} for w in worlds for base in bases[w]])
+            for system in shared}
     out = {}
     for system in [p for p in [*PRIORS, REPLAY] if p in shared]:
         out[system] = {"lams": sorted(lams[system])}
