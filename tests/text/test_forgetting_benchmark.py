@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from forgetting_opt import budget_ranges, default_ratio, extensions, front, seed_front  # noqa: E402
+from forgetting_opt import budget_ranges, default_ratio, extensions, front, seed_front, spread  # noqa: E402
 
 # (news ratio, wiki ppl) ordered by lam, starting at plain LoRA
 PATH = [(1.0, 120.0), (1.02, 114.0), (1.10, 110.0), (1.30, 105.0)]
@@ -69,3 +69,15 @@ def test_a_lam_path_is_extended_until_it_reaches_the_pretrained_model():
     assert extensions(rows, pretrained, args) == [("ewc", 1e4, 0, 0.0)]
     rows.append(_run("ewc", 0, 119.0, 106.0, 119.0, 105.0, lam=1e4))
     assert extensions(rows, pretrained, args) == []  # the next lam would pass --max-lam
+
+
+def test_spread_pools_worlds_on_the_lams_every_world_and_seed_ran():
+    rows = []
+    for world, shift in (("0:a", 0.0), ("0:b", 2.0)):
+        for seed in (0, 1):
+            rows += [_run("none", seed, 100.0, 120.0 + shift, 100.0, 120.0 + shift, world=world),
+                     _run("l2sp", seed, 110.0, 110.0 + shift, 110.0, 110.0 + shift + seed, lam=1.0, world=world)]
+    rows.append(_run("l2sp", 0, 105.0, 100.0, 105.0, 100.0, lam=0.5, world="0:a"))  # not run everywhere: left out
+    cell = spread(rows, ["0:a", "0:b"], argparse.Namespace(budgets=[1.1]).__dict__)["l2sp"]["1.1"]
+    assert cell["0:a"] == {"mean": 110.5, "sd": pytest.approx(0.5**0.5)}
+    assert cell["pooled"]["mean"] == pytest.approx(111.5)  # 110, 111, 112, 113
