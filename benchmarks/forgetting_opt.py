@@ -472,14 +472,22 @@ def default_ratio(runs: list[dict], base: dict, lam: float) -> float | None:
     return None
 
 
+def ran(rows: list[dict], system: str, base: dict) -> bool:
+    """Whether the system (a member of it) ran with the seed and in the world of plain LoRA's run `base`."""
+    return system == "none" or any(r["prior"] in members(system) and r["seed"] == base["seed"]
+                                   and r["world"] == base["world"] for r in rows)
+
+
 def summarise_world(rows: list[dict], args: dict) -> dict:
     """Per system (prior, family, replay) of one world: the test front, the validation-selected run and the
-    default lam's news ratio per budget, mean and sd over seeds; and where each front is beaten."""
+    default lam's news ratio per budget, mean and sd over the seeds it ran; and where each front is beaten."""
     plain = {r["seed"]: r for r in rows if r["prior"] == "none"}
     summary = {}
     for system in analysed(rows):
         fronts, selected, default = {b: [] for b in args["budgets"]}, {b: [] for b in args["budgets"]}, []
         for seed, base in plain.items():
+            if not ran(rows, system, base):
+                continue
             # a family's trials carry their member's index as mu, so pick() chooses among members too
             trials = {Trial(strength(r), float(i), r["news_val"], r["wiki_val"]): r
                       for i, member in enumerate(members(system)) for r in rows
@@ -498,6 +506,7 @@ def summarise_world(rows: list[dict], args: dict) -> dict:
                                   "runs": [s[2:] for s in v], "wiki_test_per_seed": [s[0] for s in v]}
                          for b, v in selected.items()},
             "default_news_ratio": _mean_sd(default) if default else None,
+            "seeds": [seed for seed, base in plain.items() if ran(rows, system, base)],
         }
     return {"systems": summary, "beaten": beaten(rows), "selected_beaten": selected_beaten(summary, args)}
 
@@ -510,9 +519,13 @@ def selected_beaten(summary: dict, args: dict, tie: float = 0.05) -> dict[str, l
         out[system] = []
         for b in map(str, args["budgets"]):
             for other, o in summary.items():
-                d = _mean_sd([x - y for x, y in zip(s["selected"][b]["wiki_test_per_seed"],
-                                                    o["selected"][b]["wiki_test_per_seed"])])
-                if other not in (system, "none") and d["mean"] > max(d["sd"], tie):
+                mine = dict(zip(s["seeds"], s["selected"][b]["wiki_test_per_seed"]))
+                theirs = dict(zip(o["seeds"], o["selected"][b]["wiki_test_per_seed"]))
+                both = [seed for seed in mine if seed in theirs]
+                if other in (system, "none") or not both:
+                    continue
+                d = _mean_sd([mine[seed] - theirs[seed] for seed in both])
+                if d["mean"] > max(d["sd"], tie):
                     out[system].append({"budget": float(b), "other": other, **d})
     return out
 
@@ -534,14 +547,18 @@ def beaten(rows: list[dict], tie: float = 0.05) -> dict[str, list[dict]]:
     sd (same seed) and more than `tie` perplexity, with the paired difference's mean and sd."""
     bases = [r for r in rows if r["prior"] == "none"]
     systems = [s for s in analysed(rows) if s != "none"]
-    curves = {s: {b: [seed_front(rows, s, base, b) for base in bases] for b in FINE_BUDGETS} for s in systems}
+    curves = {s: {b: {base["seed"]: seed_front(rows, s, base, b) for base in bases if ran(rows, s, base)}
+                  for b in FINE_BUDGETS} for s in systems}
     out = {}
     for system in systems:
         out[system] = []
         for b in FINE_BUDGETS:
             for other in systems:
-                d = _mean_sd([x - y for x, y in zip(curves[system][b], curves[other][b])])
-                if other != system and d["mean"] > max(d["sd"], tie):
+                both = [seed for seed in curves[system][b] if seed in curves[other][b]]
+                if other == system or not both:
+                    continue
+                d = _mean_sd([curves[system][b][seed] - curves[other][b][seed] for seed in both])
+                if d["mean"] > max(d["sd"], tie):
                     out[system].append({"budget": b, "other": other, **d})
     return out
 
@@ -552,13 +569,16 @@ def spread(rows: list[dict], worlds: list[str], args: dict) -> dict:
     pairs pooled (what varies when everything varies); the same for the front minus L2-SP's (paired)."""
     if len(worlds) < 2:
         return {}
-    bases = {w: [r for r in rows if r["world"] == w and r["prior"] == "none"] for w in worlds}
+    plains = {w: [r for r in rows if r["world"] == w and r["prior"] == "none"] for w in worlds}
     shared = set.intersection(*[{r["prior"] for r in rows if r["world"] == w} for w in worlds]) - {"none"}
     lams = {system: set.intersection(*[{strength(r) for r in rows if r["prior"] == system and r["world"] == w
-                                        and r["seed"] == base["seed"]} for w in worlds for base in bases[w]])
-            for system in shared}
+                                        and r["seed"] == base["seed"]} for w in worlds for base in plains[w]
+                                       if ran(rows, system, base)]) for system in shared}
     out = {}
     for system in [p for p in [*PRIORS, REPLAY] if p in shared]:
+        # the (world, seed) pairs where this system and L2-SP ran
+        bases = {w: [b for b in plains[w] if ran(rows, system, b) and ("l2sp" not in shared or ran(rows, "l2sp", b))]
+                 for w in worlds}
         out[system] = {"lams": sorted(lams[system])}
         for b in args["budgets"]:
             fronts = {w: [seed_front(rows, system, base, b, lams[system]) for base in bases[w]] for w in worlds}
