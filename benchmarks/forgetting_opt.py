@@ -662,9 +662,9 @@ def tables(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    """One row per world. Left: every front (test Wikipedia perplexity vs news budget; mean over seeds, +- sd
-    shaded). Right: each front minus L2-SP's front of the same seed (paired, so the seed-to-seed spread of the
-    fine-tuning itself cancels), mean +- sd."""
+    """One row per world. Left: every front (test Wikipedia perplexity vs news budget; mean over the seeds the
+    system ran, +- sd shaded). Right: each front minus L2-SP's front of the same seed (paired, so the
+    seed-to-seed spread of the fine-tuning itself cancels), mean +- sd."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -679,12 +679,14 @@ def plot(results: dict, path: Path) -> None:
     for world, axes in zip(worlds, all_axes):
         runs = [r for r in rows if r["world"] == world]
         bases = [r for r in runs if r["prior"] == "none"]
-        reference = [[seed_front(runs, "l2sp", base, b) for b in grid] for base in bases]
+        reference = {base["seed"]: [seed_front(runs, "l2sp", base, b) for b in grid] for base in bases}
         for system in analysed(runs)[1:]:
-            curves = [[seed_front(runs, system, base, b) for b in grid] for base in bases]
+            mine = [base for base in bases if ran(runs, system, base)]  # the seeds this system ran
+            curves = [[seed_front(runs, system, base, b) for b in grid] for base in mine]
+            reference_curves = [reference[base["seed"]] for base in mine]
             style = {"c": COLORS[system], "ls": "--" if system in FAMILIES else ":" if system == REPLAY else "-"}
             for ax, series in ((axes[0], curves), (axes[1], [[y - r for y, r in zip(c, ref)]
-                                                              for c, ref in zip(curves, reference)])):
+                                                              for c, ref in zip(curves, reference_curves)])):
                 mean = [statistics.fmean(c) for c in zip(*series)]
                 sd = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in zip(*series)]
                 ax.plot(grid, mean, label=system, **style)
