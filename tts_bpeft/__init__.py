@@ -24,13 +24,13 @@ from .lora import (
     plan_lora,
     save_adapter,
 )
-from .prior import LaplacePrior, PriorKind, load_prior
+from .prior import LaplacePrior, PriorKind, PriorScaling, load_prior
 from .selection import StrengthSelection, Trial, select_strength
 from .version import __version__
 
 __all__ = [
-    "__version__", "add_lora", "estimate_curvature", "layer_targets", "load_adapter", "load_prior", "lora_targets",
-    "merged_state_dict", "plan_lora", "save_adapter", "select_strength", "Categorical", "Curvature", "CurvatureMethod",
-    "Gaussian", "Laplace", "LaplacePrior", "Likelihood", "LoraPlan", "LoraTarget", "PriorKind", "StrengthSelection",
-    "Trial",
+    "Categorical", "Curvature", "CurvatureMethod", "Gaussian", "Laplace", "LaplacePrior", "Likelihood", "LoraPlan",
+    "LoraTarget", "PriorKind", "PriorScaling", "StrengthSelection", "Trial", "__version__", "add_lora",
+    "estimate_curvature", "layer_targets", "load_adapter", "load_prior", "lora_targets", "merged_state_dict",
+    "plan_lora", "save_adapter", "select_strength",
 ]

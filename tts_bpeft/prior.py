@@ -69,7 +69,12 @@ class PriorKind(Choice):
     EKFAC = "ekfac"
 
 
-SCALINGS = ("package", "reference", "relative")
+class PriorScaling(Choice):
+    """What lam means (the module docstring's list)."""
+
+    PACKAGE = "package"
+    REFERENCE = "reference"
+    RELATIVE = "relative"
 
 
 def _sandwich(term: dict[str, Tensor], key: str, X: Tensor, damping: float = 0.0) -> Tensor:
@@ -180,15 +185,14 @@ class LaplacePrior:
 
     def __init__(self, curvature: Curvature | None = None, lam: float = 1.0,
                  lam_per_layer: Mapping[str, float] | None = None, kind: PriorKind | str | None = None,
-                 adapter_name: str = "default", scaling: str = "relative", damping: float = 0.0,
+                 adapter_name: str = "default", scaling: PriorScaling | str = "relative", damping: float = 0.0,
                  mix: str | Curvature | None = None, mu: float = 0.0) -> None:
         kind = PriorKind.parse(kind or (curvature.method if curvature is not None else None), "prior kind")
         if kind != PriorKind.L2SP and curvature is None:
             raise ValueError(f"prior kind '{kind}' needs a curvature estimate")
         if curvature is not None and kind != PriorKind.L2SP and curvature.method != kind:
             raise ValueError(f"a {curvature.method} estimate cannot serve a {kind} prior")
-        if scaling not in SCALINGS:
-            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        scaling = PriorScaling.parse(scaling, "scaling")
         if damping < 0 or mu < 0:
             raise ValueError(f"damping and mu must be >= 0, got {damping} and {mu}")
         if damping and kind != PriorKind.KFAC:

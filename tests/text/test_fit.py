@@ -8,6 +8,7 @@ from transformers import OPTForCausalLM
 
 from tts_bpeft import LaplacePrior, add_lora
 from tts_bpeft.text import clm_loss, epoch_batches, fit, lm_loader, tiny_opt_config
+from tts_bpeft.text.recipe import claim_output_dir
 from tts_bpeft.training import linear_schedule
 
 BLOCKS = torch.randint(3, 100, (18, 8), generator=torch.Generator().manual_seed(0))
@@ -77,3 +78,13 @@ def test_interrupted_fit_resumes_to_the_same_weights_and_history(tmp_path):
     for a, b in zip(reference["history"], resumed["history"], strict=True):
         assert a["lora_norm"] == pytest.approx(b["lora_norm"], rel=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["prior"] == pytest.approx(b["prior"], rel=1e-6)
+
+
+def test_an_output_dir_with_a_checkpoint_of_other_settings_is_refused(tmp_path):
+    settings = {"prior": {"kind": "kfac", "lam": 1.0}, "seed": 0}
+    claim_output_dir(tmp_path, settings)
+    claim_output_dir(tmp_path, settings)  # no checkpoint yet: any settings may take the folder
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    claim_output_dir(tmp_path, settings)  # the same settings resume
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(prior.lam, seed\)"):
+        claim_output_dir(tmp_path, {"prior": {"kind": "kfac", "lam": 10.0}, "seed": 1})

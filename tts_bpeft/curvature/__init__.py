@@ -2,8 +2,8 @@
 
 from .estimate import estimate_curvature, layer_targets
 from .likelihoods import Categorical, Gaussian, Laplace, Likelihood
-from .options import CurvatureMethod, Fisher, KfacApprox
+from .options import CurvatureMethod, Fisher, KfacApprox, ModelMode
 from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint
 
 __all__ = ["Categorical", "Curvature", "CurvatureMethod", "Fisher", "Gaussian", "KfacApprox", "KroneckerFactors",
-           "Laplace", "LayerCurvature", "Likelihood", "estimate_curvature", "fingerprint", "layer_targets"]
+           "Laplace", "LayerCurvature", "Likelihood", "ModelMode", "estimate_curvature", "fingerprint", "layer_targets"]

@@ -16,7 +16,7 @@ from ..lora.inject import plan_lora
 from ..lora.targets import LoraTarget, as_module, lora_targets, weight_entries
 from .capture import CurvatureCapture, LayerStatistics
 from .likelihoods import Likelihood
-from .options import CurvatureMethod, Fisher, KfacApprox
+from .options import CurvatureMethod, Fisher, KfacApprox, ModelMode
 from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint, layer_fingerprint
 
 LossOutput = Tensor | Likelihood | Sequence[Likelihood]
@@ -55,7 +55,8 @@ def _gradient_carriers(layer: nn.Module) -> list[Tensor]:
 
 
 @contextlib.contextmanager
-def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: str) -> Iterator[list[Tensor]]:
+def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget],
+                     mode: ModelMode) -> Iterator[list[Tensor]]:
     """Adapters off, only the targeted base weights requiring grad, the chosen mode; all restored on exit.
 
     Yields the parameters to differentiate (gradients reach the targeted layers' outputs through them)."""
@@ -80,10 +81,8 @@ def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: 
                 p.grad = None
                 p.requires_grad_(True)
                 params.append(p)
-        if mode in ("eval", "train"):
-            model.train(mode == "train")
-        elif mode != "keep":
-            raise ValueError(f"mode must be 'eval', 'train' or 'keep', got {mode!r}")
+        if mode != ModelMode.KEEP:
+            model.train(mode == ModelMode.TRAIN)
         yield params
     finally:
         for m, flag in zip(modules, training):
@@ -134,7 +133,7 @@ def estimate_curvature(
     targets: Mapping[str, LoraTarget] | str | Iterable[str] | None = None,
     mc_samples: int = 1,
     adapter_name: str = "default",
-    mode: str = "eval",
+    mode: ModelMode | str = "eval",
     seed: int = 0,
     description: str = "",
     distributed: bool | None = None,
@@ -158,6 +157,7 @@ def estimate_curvature(
     method = CurvatureMethod.parse(method, "method")
     fisher = Fisher.parse(fisher, "fisher")
     kfac_approx = KfacApprox.parse(kfac_approx, "kfac_approx")
+    mode = ModelMode.parse(mode, "mode")
     draws = mc_samples if fisher == "mc" else 1
     if draws < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")

@@ -26,3 +26,11 @@ class KfacApprox(Choice):
 
     EXPAND = "expand"
     REDUCE = "reduce"
+
+
+class ModelMode(Choice):
+    """The mode the model is measured in: eval (dropout off; the default), train, or keep it as it is."""
+
+    EVAL = "eval"
+    TRAIN = "train"
+    KEEP = "keep"

@@ -5,6 +5,7 @@ fine-tuning program itself (`finetune_clm`; `select_strength` runs it once per t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,9 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..choices import Choice
 from ..io import save_json
 from ..lora import add_lora
 from ..prior import LaplacePrior, load_prior
+from ..training import CHECKPOINT_NAME
 from .data import lm_loader, load_documents, packed_blocks
 from .fit import fit
 from .losses import clm_loss
@@ -26,6 +29,13 @@ from .metrics import perplexity
 from .models import load_causal_lm, load_tokenizer
 
 log = logging.getLogger("opt_glue")
+
+
+class TaskType(Choice):
+    """What an OPT adapter was fine-tuned for: a GLUE classification task or causal-LM text."""
+
+    GLUE = "glue"
+    CLM = "clm"
 
 
 def path(value: str | None) -> str | None:
@@ -68,15 +78,40 @@ def build_prior(cfg: DictConfig, model: nn.Module) -> LaplacePrior | None:
     return load_prior(model, cfg.kind, **options)
 
 
+SETTINGS_NAME = "settings.json"
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def claim_output_dir(out_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Record a run's resolved settings in ``<out_dir>/settings.json``; refuse (naming the differing keys) a
+    folder whose training checkpoint was made with other settings, instead of resuming it as if they
+    were the same."""
+    recorded = out_dir / SETTINGS_NAME
+    if (out_dir / CHECKPOINT_NAME).is_file() and recorded.is_file():
+        before, now = _flat(json.loads(recorded.read_text())), _flat(dict(settings))
+        differing = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if differing:
+            raise ValueError(f"{out_dir}: holds a run with other settings ({', '.join(differing[:8])}); "
+                             "choose another output_dir, or delete the folder to start again")
+    save_json(dict(settings), recorded)
+
+
 def fit_and_save(cfg: DictConfig, model: nn.Module, tokenizer: Any, loader: DataLoader,
                  loss_fn: Callable[[nn.Module, Any], Tensor], prior: LaplacePrior | None,
                  evaluate: Callable[[], Mapping[str, float]], metric: str) -> dict[str, Any]:
     """Fine-tune with `tts_bpeft.text.fit` and the ``train`` group's settings (lr, epochs, weight_decay,
     warmup_ratio, max_grad_norm, max_steps), checkpointing in ``output_dir`` and recording
     ``validation_<metric>`` of `evaluate()` after each epoch; save the adapter and the tokenizer in
-    ``<output_dir>/adapter``. Returns `evaluate()`'s final metrics, the per-epoch ``history``, the ``adapter``
+    ``<output_dir>/adapter``. A rerun resumes the folder's checkpoint if its settings are the same
+    (`claim_output_dir`). Returns `evaluate()`'s final metrics, the per-epoch ``history``, the ``adapter``
     folder and, with a prior, the final ``penalty``."""
     out, train = Path(path(cfg.output_dir)), cfg.train
+    claim_output_dir(out, OmegaConf.to_container(cfg, resolve=True))
     history = fit(model, loader, loss_fn, out, prior=prior, lr=train.lr, epochs=train.epochs,
                   weight_decay=train.weight_decay, warmup_ratio=train.warmup_ratio, max_grad_norm=train.max_grad_norm,
                   max_steps=train.max_steps, seed=cfg.seed,
