@@ -1,7 +1,7 @@
 """Fine-tune StyleTTS 2 on one VCTK speaker with LoRA and a Laplace prior (or a baseline system).
 
-    python finetune.py data.vctk_root=/data/VCTK-Corpus-0.92 prior=kfac prior.lam=1e3
-    python finetune.py -m data.vctk_root=... prior=none,ewc,kfac prior.lam=1e2,1e3,1e4   # a sweep
+    python finetune.py data.vctk_root=/data/VCTK-Corpus-0.92 prior=kfac prior.lam=1
+    python finetune.py -m data.vctk_root=... prior=none,ewc,kfac prior.lam=0.3,1,3,10   # a sweep
 
 Each run lands in its own folder (hydra) with its config; rerunning a killed run resumes it.
 """
