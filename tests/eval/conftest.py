@@ -4,6 +4,8 @@ randomly initialised ECAPA-TDNN (its sizes are declared in its hyperparams.yaml)
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -140,3 +142,29 @@ def ecapa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels.update_from_iterable(SPEAKERS)
     labels.save(folder / "label_encoder.txt")
     return folder
+
+
+def hub_cache_with(cache: Path, repo_id: str, folder: Path, revision: str = "ab" * 20) -> Path:
+    """``cache`` laid out as huggingface_hub writes it, holding the files of ``folder`` as ``repo_id``'s
+    ``main`` revision: ``models--<org>--<name>/blobs/<sha256>``, ``snapshots/<revision>/<file>`` symlinks to
+    the blobs, and ``refs/main``. Returns the snapshot folder."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def ecapa_hub_cache(tmp_path_factory: pytest.TempPathFactory, ecapa_dir: Path) -> Path:
+    """A Hugging Face cache holding `ecapa_dir` as speechbrain/spkrec-ecapa-voxceleb (official
+    hyperparams: ``pretrained_path`` points at the hub id)."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    hub_cache_with(cache, "speechbrain/spkrec-ecapa-voxceleb", ecapa_dir)
+    return cache
