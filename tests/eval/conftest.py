@@ -4,14 +4,13 @@ randomly initialised ECAPA-TDNN (its sizes are declared in its hyperparams.yaml)
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from hub_cache import hub_cache_with
 
 SENTENCES = {
     "a": "The quick brown fox jumps over the lazy dog.",
@@ -142,23 +141,6 @@ def ecapa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels.update_from_iterable(SPEAKERS)
     labels.save(folder / "label_encoder.txt")
     return folder
-
-
-def hub_cache_with(cache: Path, repo_id: str, folder: Path, revision: str = "ab" * 20) -> Path:
-    """``cache`` laid out as huggingface_hub writes it, holding the files of ``folder`` as ``repo_id``'s
-    ``main`` revision: ``models--<org>--<name>/blobs/<sha256>``, ``snapshots/<revision>/<file>`` symlinks to
-    the blobs, and ``refs/main``. Returns the snapshot folder."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / revision
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
-    return snapshot
 
 
 @pytest.fixture(scope="session")
