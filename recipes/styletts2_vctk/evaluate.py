@@ -61,9 +61,10 @@ def main(cfg: DictConfig) -> None:
     print(f"systems: {', '.join(s.name for s in systems)}; target {speaker}; VCTK {vctk_root}")
     test_sets = build_test_sets(vctk_root, speaker, list(cfg.unseen.speakers), cfg.unseen.utterances, split,
                                 seed=cfg.seed)
-    encoder = load_speaker_encoder(cfg.similarity.backend, _folder_or_id(cfg.similarity.source), device=cfg.device)
-    threads = {"cpu_threads": int(cfg.cpu_threads)} if cfg.cpu_threads and cfg.asr.backend == "faster-whisper" else {}
-    asr, why = load_asr(cfg.asr.backend, _folder_or_id(cfg.asr.model_dir), cfg.device, **threads)
+    hub_cache = _path(cfg.hub_cache)
+    encoder = load_speaker_encoder(cfg.similarity.backend, _folder_or_id(cfg.similarity.source), cfg.device, hub_cache)
+    asr, why = load_asr(cfg.asr.backend, _folder_or_id(cfg.asr.model_dir), cfg.device, int(cfg.cpu_threads or 0),
+                        hub_cache)
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     loader = styletts2_loader(cfg.device, inference, cfg.seed, _path(cfg.phoneme_cache))
     evaluate_zero_shot(systems, test_sets, out_dir, loader, encoder, asr, why, sim_refs=cfg.similarity.references,
