@@ -40,6 +40,7 @@ from tts_bpeft.eval.zero_shot import (
 )
 from tts_bpeft.io import save_json, write_text
 from tts_bpeft.prior import LaplacePrior
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature
 from tts_bpeft.styletts2.data.libritts import read_libritts
 from tts_bpeft.styletts2.data.selection import split_per_speaker
@@ -285,6 +286,7 @@ def plot_forgetting(table: list[dict], path: Path) -> Path:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="demo")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     started = time.time()
     out = Path(to_absolute_path(cfg.out_dir))
     torch.set_num_threads(max(1, torch.get_num_threads()))

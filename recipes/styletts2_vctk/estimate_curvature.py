@@ -15,6 +15,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.io import save_json
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature
 from tts_bpeft.styletts2.data.libritts import read_libritts
 from tts_bpeft.styletts2.data.text import Phonemizer
@@ -24,6 +25,7 @@ from tts_bpeft.styletts2.presets import add_preset_lora
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="estimate_curvature")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     root = to_absolute_path(cfg.libritts.root)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

@@ -27,6 +27,7 @@ from tts_bpeft.eval.zero_shot import (
     styletts2_loader,
     target_speaker,
 )
+from tts_bpeft.quiet import silence_known_warnings
 
 
 def _path(value: str | None) -> str | None:
@@ -42,6 +43,7 @@ def _folder_or_id(value: str | None) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.cpu_threads:
         torch.set_num_threads(int(cfg.cpu_threads))

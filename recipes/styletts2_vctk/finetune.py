@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.styletts2.finetune import finetune
 
 
@@ -28,6 +29,7 @@ def absolute(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     summary = finetune(absolute(cfg), Path(HydraConfig.get().runtime.output_dir))
     print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s -> {HydraConfig.get().runtime.output_dir}")
 

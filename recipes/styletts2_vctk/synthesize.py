@@ -12,12 +12,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.styletts2.finetune import build_base, load_run
 from tts_bpeft.styletts2.synthesize import InferenceSettings, Synthesizer
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     if cfg.run:
         model, config, _ = load_run(to_absolute_path(cfg.run), cfg.device)
     else:
