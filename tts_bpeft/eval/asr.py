@@ -102,8 +102,8 @@ def _hub_snapshot(repo_id: str, hub_cache: str | Path | None, allow_network: boo
     except (OSError, ValueError) as err:
         raise OSError(
             f"{repo_id} is not in the Hugging Face cache {cache}"
-            f"{'' if network else ' and the hub is out of reach'} ({type(err).__name__}). Download it elsewhere "
-            "(huggingface-cli download) and copy the cache, or pass a local model folder."
+            f"{'' if network else ' and the hub is out of reach'} ({type(err).__name__}). Download it where the "
+            f"hub answers (hf download {repo_id} --cache-dir <dir>) and copy <dir> there, or pass a model folder."
         ) from err
 
 
