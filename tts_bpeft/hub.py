@@ -5,13 +5,15 @@
   so that a machine without network does not spend huggingface_hub's retries (~25 s) on every model tried;
 - `cached_file`: a repository's file in the local cache (``cache_dir``, default ``$HF_HUB_CACHE``), found
   without any network access;
-- `hub_cache_dir`: the cache folder that is searched, for error messages that say where files belong.
+- `hub_cache_dir`: the cache folder that is searched, for error messages that say where files belong;
+- `is_hub_id`: whether a model source names a hub repository rather than a local folder.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -51,3 +53,9 @@ def cached_file(repo_id: str, filename: str, cache_dir: str | Path | None = None
     None when it has not been downloaded. Never touches the network."""
     found = try_to_load_from_cache(repo_id, filename, cache_dir=str(hub_cache_dir(cache_dir)))
     return Path(found) if isinstance(found, str) else None
+
+
+def is_hub_id(source: str | Path) -> bool:
+    """Whether ``source`` names a hub repository (``org/name``, a string that is not an existing path)."""
+    return (not isinstance(source, Path) and not Path(source).expanduser().exists()
+            and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tts_bpeft.eval.audio import load_mono
 from tts_bpeft.eval.embedding_cache import EmbeddingCache
-from tts_bpeft.hub import cached_file, hub_cache_dir, hub_reachable
+from tts_bpeft.hub import cached_file, hub_cache_dir, hub_reachable, is_hub_id
 from tts_bpeft.io import save_json
 
 logger = logging.getLogger(__name__)
@@ -160,9 +160,7 @@ def _local_model_dir(source: str | Path) -> Path | None:
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve()
-    text = str(source)
-    looks_like_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None
-    if isinstance(source, Path) or not looks_like_hub_id or path.exists():
+    if not is_hub_id(source):
         raise FileNotFoundError(f"SpeechBrain model folder not found: {source}")
     return None
 
