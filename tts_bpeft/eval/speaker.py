@@ -121,7 +121,7 @@ class EcapaEncoder(SpeakerEncoder):
     ) -> None:
         self.source = source
         self.local_dir = _local_model_dir(source)
-        network = hub_reachable() if allow_network is None else allow_network
+        network = self.local_dir is None and (hub_reachable() if allow_network is None else allow_network)
         self.classifier = _load_speechbrain_classifier(source, self.local_dir, savedir, device, network, hub_cache)
         self.sample_rate = int(getattr(self.classifier.audio_normalizer, "sample_rate", 16000))
         self.device = device
