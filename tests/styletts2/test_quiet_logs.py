@@ -27,7 +27,7 @@ def recipe_like_start(cache_dir: Path) -> None:
     from styletts2.models import ProsodyPredictor
 
     from tts_bpeft.lora import add_lora
-    from tts_bpeft.styletts2.data.text import Phonemizer
+    from tts_bpeft.speech_data.phonemes import Phonemizer
 
     predictor = ProsodyPredictor(style_dim=8, d_hid=16, nlayers=1, max_dur=5, dropout=0.2)
     MultiResolutionSTFTLoss()
