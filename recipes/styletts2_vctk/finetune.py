@@ -14,6 +14,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.family import model_paths
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import resolve_paths
 from tts_bpeft.styletts2.finetune import finetune
 
@@ -22,6 +23,7 @@ DATA_PATHS = ("data.vctk_root", "data.phoneme_cache", "prior.curvature")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     paths = [f"model.{key}" for key in model_paths("styletts2")] + list(DATA_PATHS)
     settings = resolve_paths(OmegaConf.to_container(cfg, resolve=True), paths, get_original_cwd())
     summary = finetune(settings, Path(HydraConfig.get().runtime.output_dir))
