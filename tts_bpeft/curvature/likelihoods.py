@@ -16,11 +16,15 @@ likelihood     per-element NLL (constants dropped)         sampled target
 Per sample, elements are summed (``reduction="sum"``) or averaged over the sample's unmasked elements
 (``reduction="mean"``, what L1/MSE losses of TTS training do), then multiplied by ``weight``. ``mask``
 (broadcastable to the target, True = counted) removes padding. Sampled targets carry no gradient.
+
+`PerSampleDraws` wraps a term so that each sample draws its targets from its own seeded generator: the
+sampled targets of a sample are then the same whatever batch it is in (batch 1 or 8, any shard).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -131,3 +135,32 @@ class Laplace(Likelihood):
         u = torch.rand(loc.shape, generator=generator, device=loc.device) - 0.5
         noise = -self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF of Laplace(0, scale)
         return self._nll(loc + noise)
+
+
+@dataclass
+class PerSampleDraws(Likelihood):
+    """`term` (a dataclass likelihood over a batch of B samples) with targets drawn per sample: sample i
+    draws from a generator seeded with ``seeds[i]`` (created on the first draw, advanced by every draw), so
+    its draws do not depend on the batch it is in. The generator passed to ``sampled_nll`` is not used."""
+
+    term: Likelihood
+    seeds: Sequence[int]
+    _generators: list[torch.Generator] | None = field(default=None, init=False, repr=False)
+
+    def nll(self) -> Tensor:
+        return self.term.nll()
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {f.name: v for f in fields(self.term) if isinstance(v := getattr(self.term, f.name), Tensor)}
+
+    def _sample(self, i: int) -> Likelihood:
+        """The term restricted to sample i: its tensor fields that have the batch as first dimension."""
+        batch = len(self.seeds)
+        return replace(self.term, **{name: v[i:i + 1] for name, v in self._tensors().items()
+                                     if v.dim() > 0 and v.shape[0] == batch})
+
+    def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
+        if self._generators is None:
+            device = next(iter(self._tensors().values())).device
+            self._generators = [torch.Generator(device=device).manual_seed(int(s)) for s in self.seeds]
+        return torch.cat([self._sample(i).sampled_nll(g) for i, g in enumerate(self._generators)])
