@@ -23,6 +23,7 @@ sampled targets of a sample are then the same whatever batch it is in (batch 1 o
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -135,6 +136,12 @@ class Laplace(Likelihood):
         u = torch.rand(loc.shape, generator=generator, device=loc.device) - 0.5
         noise = -self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF of Laplace(0, scale)
         return self._nll(loc + noise)
+
+
+def utterance_seed(seed: int, *parts: object) -> int:
+    """A stable per-utterance seed from a run seed and the utterance's identity (the same in every process
+    and run, unlike ``hash``)."""
+    return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
 
 
 @dataclass

@@ -15,7 +15,6 @@ asked for (``terms`` may include ``"gen"`` for reference-compatible runs).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,18 +22,13 @@ import torch
 from munch import Munch
 from torch.utils.data import DataLoader
 
-from ..curvature import Curvature, Laplace, estimate_curvature
+from ..curvature import Curvature, Laplace, estimate_curvature, utterance_seed
 from .data.dataset import TTSDataset, collate
 from .data.records import Utterance
 from .data.text import Phonemizer
 from .losses import GeneratorObjective
 
 LIKELIHOOD_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff")
-
-
-def utterance_seed(seed: int, *parts: object) -> int:
-    """A stable per-utterance seed (same in every process, unlike ``hash``)."""
-    return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
 
 
 def _mc_terms(output: Any, weights: dict[str, float]) -> list[Laplace]:
