@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .inject import LoraPlan, add_lora, plan_lora
+from .inject import LoraPlan, _excluded, add_lora, plan_lora
 
 Rule = tuple[tuple[str, ...], str]
 """(layer type names such as ``"Linear"``, module-path pattern)."""
@@ -34,17 +34,20 @@ class PresetTable:
         if preset not in self.presets:
             raise ValueError(f"unknown LoRA preset {preset!r}; choose one of {sorted(self.presets)}")
         rules = list(self.presets[preset]) + [((), pattern) for pattern in extra]
+        excludes = list(exclude)
         plan = LoraPlan()
-        for types, pattern in rules:
-            part = plan_lora(model, [*types, pattern], r=r, exclude=list(exclude))
+        for types, pattern in rules:  # `exclude` may empty a rule (not an error while other rules select)
+            part = plan_lora(model, [*types, pattern], r=r)
             for layer in part.selected:
+                if _excluded(layer.name, excludes):
+                    continue
                 if layer.name in self.unused:
                     skip = (layer.name, self.unused[layer.name])
                     if skip not in plan.skipped:
                         plan.skipped.append(skip)
                 elif layer.name not in plan.names:
                     plan.selected.append(layer)
-            plan.skipped += [s for s in part.skipped if s not in plan.skipped]
+            plan.skipped += [s for s in part.skipped if s not in plan.skipped and not _excluded(s[0], excludes)]
         if not plan.selected:
             raise ValueError(f"preset {preset!r} selects no trainable layer on this model; skipped: {plan.skipped}")
         return plan
