@@ -146,13 +146,15 @@ def utterance_seed(seed: int, *parts: object) -> int:
 
 @dataclass
 class PerSampleDraws(Likelihood):
-    """`term` (a dataclass likelihood over a batch of B samples) with targets drawn per sample: sample i
-    draws from a generator seeded with ``seeds[i]`` (created on the first draw, advanced by every draw), so
-    its draws do not depend on the batch it is in. The generator passed to ``sampled_nll`` is not used."""
+    """`term` (a dataclass likelihood over a batch of B samples) with targets drawn per sample: draw d of
+    sample i comes from a generator seeded with ``utterance_seed(seeds[i], d)``, so a sample's draws do not
+    depend on the batch it is in. Padding must trail a sample's real elements in row-major order (as a
+    (B, T) sequence padded at the end): the real elements then get the same noise however long the padding.
+    The generator passed to ``sampled_nll`` is not used."""
 
     term: Likelihood
     seeds: Sequence[int]
-    _generators: list[torch.Generator] | None = field(default=None, init=False, repr=False)
+    _draws: int = field(default=0, init=False, repr=False)
 
     def nll(self) -> Tensor:
         return self.term.nll()
@@ -167,7 +169,8 @@ class PerSampleDraws(Likelihood):
                                      if v.dim() > 0 and v.shape[0] == batch})
 
     def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
-        if self._generators is None:
-            device = next(iter(self._tensors().values())).device
-            self._generators = [torch.Generator(device=device).manual_seed(int(s)) for s in self.seeds]
-        return torch.cat([self._sample(i).sampled_nll(g) for i, g in enumerate(self._generators)])
+        device = next(iter(self._tensors().values())).device
+        draws = [self._sample(i).sampled_nll(torch.Generator(device=device).manual_seed(utterance_seed(s, self._draws)))
+                 for i, s in enumerate(self.seeds)]
+        self._draws += 1
+        return torch.cat(draws)
