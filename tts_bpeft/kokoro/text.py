@@ -79,8 +79,9 @@ def english_phonemes(texts: Sequence[str], language: str = "en-us") -> list[str]
     """Kokoro phoneme strings for English `texts` (espeak-ng ``language``: ``en-us``; ``en-gb`` works too,
     with American vowel conventions). One string per text; an empty text gives ``""``."""
     texts = [" ".join(t.split()) for t in texts]
-    ipa = _espeak(language).phonemize(list(texts)) if any(texts) else ["" for _ in texts]
-    return [espeak_to_kokoro(p) if t else "" for p, t in zip(ipa, texts, strict=True)]
+    spoken = [t for t in texts if t]
+    ipa = iter(_espeak(language).phonemize(spoken) if spoken else [])
+    return [espeak_to_kokoro(next(ipa)) if t else "" for t in texts]
 
 
 def token_ids(phonemes: str, vocab: dict[str, int], text: str | None = None) -> list[int]:
