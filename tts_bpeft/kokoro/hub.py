@@ -26,11 +26,15 @@ def _download(filename: str, repo_id: str, revision: str | None) -> Path:
     return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
 
 
+def hub_config(repo_id: str = REPO_ID, revision: str | None = None) -> dict:
+    """The release's ``config.json`` (architecture and phoneme vocabulary)."""
+    return json.loads(_download("config.json", repo_id, revision).read_text(encoding="utf-8"))
+
+
 def load_hub_kokoro(repo_id: str = REPO_ID, revision: str | None = None) -> torch.nn.Module:
     """Kokoro-82M (``KModel``, eval mode, CPU, fp32) from the hub release (or its local cache)."""
-    config = json.loads(_download("config.json", repo_id, revision).read_text(encoding="utf-8"))
     weights = _download(WEIGHTS_FILE, repo_id, revision)
-    model = build_kmodel(config)
+    model = build_kmodel(hub_config(repo_id, revision))
     load_kokoro_state_dict(model, read_kokoro_checkpoint(weights), str(weights))
     return model
 
