@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import io
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -55,7 +56,10 @@ def build_kmodel(config: dict[str, Any]) -> torch.nn.Module:
     empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
-    model = kokoro_modules().KModel(repo_id=REPO_ID, config=config, model=empty)
+    with warnings.catch_warnings():  # Kokoro's own code: old weight_norm, dropout on one-layer LSTMs
+        warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="dropout option adds dropout", category=UserWarning)
+        model = kokoro_modules().KModel(repo_id=REPO_ID, config=config, model=empty)
     return model.eval()
 
 

@@ -15,7 +15,8 @@ MatMul / Conv /         fp32                            as stored (MatMul transp
 ConvTranspose (fp32)
 ======================  ==============================  ===========================================
 
-``s`` and ``z`` are scalars or one value per output channel (broadcast along the output axis). The scale of
+``s`` and ``z`` are scalars or one value per output channel (broadcast along the output axis; for an LSTM
+one value per direction or per direction and gate row). The scale of
 a quantized tensor ``<base>_quantized`` is the initializer ``<base>_scale``; **zero points are
 de-duplicated by the quantizer and shared between unrelated tensors, so each is read from the consuming
 node's own inputs**, never guessed from a name. The rounding error of a recovered weight is at most ``s / 2``
@@ -93,19 +94,21 @@ def dequantize_onnx(graph, model: torch.nn.Module) -> Conversion:
         weight_name = _weight_input(node, tensors)
         if weight_name is None or weight_name in done:
             continue
-        path = _resolve(_scope(node.name), modules, _module_kinds(node.op_type))
+        recovered = _recover(node, weight_name, array, consumers)
+        fitting = {name: module for name, module in modules.items()
+                   if isinstance(module, _module_kinds(node.op_type)) and _fits(module, recovered)}
+        path = _resolve(_scope(node.name), fitting)
         if path is None:
             continue  # a repeated call (``query_1``) or a non-module op; another consumer resolves it
         done.add(weight_name)
-        recovered = _recover(node, weight_name, array, consumers)
         for suffix, (value, step) in recovered.items():
             _assign(conversion, modules[path], path, suffix, value, step)
 
     for name in tensors:
         if name in done or "/" in name or name.startswith("onnx::") or name.endswith(_QUANT_SUFFIXES):
             continue
-        key = _resolve(name.split("."), params, None)
-        if key is not None and key not in conversion.state and tuple(array(name).shape) == tuple(params[key].shape):
+        key = _resolve(name.split("."), [k for k in params if tuple(params[k].shape) == tuple(tensors[name].dims)])
+        if key is not None and key not in conversion.state:
             conversion.state[key] = torch.from_numpy(array(name).astype(np.float32).copy())
 
     for node in graph.node:
@@ -143,17 +146,27 @@ def _scope(node_name: str) -> list[str]:
     return [part for part in node_name.split("/")[:-1] if part]
 
 
-def _resolve(parts: list[str], names: Iterable[str], kinds: tuple[type, ...] | None) -> str | None:
-    """The one name in `names` that ends with the longest trailing run of `parts` (dot-joined); None when no
-    run matches or the longest matching run is ambiguous. With `kinds`, `names` maps to modules and only
-    modules of those types count."""
-    names = names if kinds is None else [n for n, m in names.items() if isinstance(m, kinds)]
-    for start in range(len(parts)):
-        suffix = ".".join(parts[start:])
-        matches = [n for n in names if n == suffix or n.endswith("." + suffix)]
-        if matches:
-            return matches[0] if len(matches) == 1 else None
+def _resolve(parts: list[str], names: Iterable[str]) -> str | None:
+    """The one name in `names` that ends with the longest run of `parts` (dot-joined); runs that end at the
+    last part are tried first, then runs that drop trailing parts (operator scopes such as ``MatMul`` that an
+    optimizer added). None when no run matches or the first matching run is ambiguous."""
+    names = list(names)
+    for end in range(len(parts), 0, -1):
+        for start in range(end):
+            suffix = ".".join(parts[start:end])
+            matches = [n for n in names if n == suffix or n.endswith("." + suffix)]
+            if matches:
+                return matches[0] if len(matches) == 1 else None
     return None
+
+
+def _fits(module: torch.nn.Module, recovered: dict[str, tuple[np.ndarray, float]]) -> bool:
+    """Whether every recovered tensor has the shape of the module's parameter of that name."""
+    for suffix, (value, _) in recovered.items():
+        target = getattr(module, "weight_v" if suffix == "weight" and hasattr(module, "weight_g") else suffix, None)
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != value.shape:
+            return False
+    return True
 
 
 def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
@@ -184,7 +197,7 @@ def _recover(node, weight_name: str, array, consumers: dict) -> dict[str, tuple[
         q = array(weight_name)
         if q.dtype == np.float32:
             return {"weight": (q, 0.0)}
-        dequant = next(n for n in consumers[node.output[0]] if n.op_type == "DequantizeLinear")
+        dequant = _downstream_dequantize(node.output[0], consumers)
         scale = array(dequant.input[1])
         zero = array(dequant.input[2]) if len(dequant.input) > 2 and dequant.input[2] else np.zeros(1, np.int8)
         return {"weight": (_dequantize(q, scale, zero, axis=0), float(scale.max()))}
@@ -193,6 +206,22 @@ def _recover(node, weight_name: str, array, consumers: dict) -> dict[str, tuple[
     if op in ("Conv", "ConvTranspose") and len(node.input) > 2 and node.input[2]:
         recovered["bias"] = (array(node.input[2]).astype(np.float32), 0.0)
     return recovered
+
+
+_LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _downstream_dequantize(name: str, consumers: dict):
+    """The DequantizeLinear that undoes a quantized Gather's output `name`; the quantizer may have moved
+    layout-only operators (a Transpose) in between."""
+    frontier = [name]
+    while frontier:
+        nodes = [n for value in frontier for n in consumers.get(value, [])]
+        for n in nodes:
+            if n.op_type == "DequantizeLinear":
+                return n
+        frontier = [out for n in nodes if n.op_type in _LAYOUT_OPS for out in n.output]
+    raise ValueError(f"no DequantizeLinear follows the quantized lookup {name}: not a dynamic-quantization export")
 
 
 def _recover_lstm(node, array) -> dict[str, tuple[np.ndarray, float]]:
@@ -204,10 +233,10 @@ def _recover_lstm(node, array) -> dict[str, tuple[np.ndarray, float]]:
     recovered = {}
     for d in range(w_q.shape[0]):
         tail = "_l0" + ("_reverse" if d == 1 else "")
-        w = (w_q[d].astype(np.float32) - np.float32(w_zero.reshape(-1)[d])) * w_scale.reshape(-1)[d]
-        r = (r_q[d].astype(np.float32) - np.float32(r_zero.reshape(-1)[d])) * r_scale.reshape(-1)[d]
-        recovered["weight_ih" + tail] = (w.T[order], float(w_scale.reshape(-1)[d]))
-        recovered["weight_hh" + tail] = (r.T[order], float(r_scale.reshape(-1)[d]))
+        w = _dequantize(w_q[d], w_scale.reshape(w_q.shape[0], -1)[d], w_zero.reshape(w_q.shape[0], -1)[d], axis=1)
+        r = _dequantize(r_q[d], r_scale.reshape(r_q.shape[0], -1)[d], r_zero.reshape(r_q.shape[0], -1)[d], axis=1)
+        recovered["weight_ih" + tail] = (w.T[order], float(w_scale.reshape(w_q.shape[0], -1)[d].max()))
+        recovered["weight_hh" + tail] = (r.T[order], float(r_scale.reshape(r_q.shape[0], -1)[d].max()))
         recovered["bias_ih" + tail] = (bias[d, : 4 * hidden][order].astype(np.float32), 0.0)
         recovered["bias_hh" + tail] = (bias[d, 4 * hidden:][order].astype(np.float32), 0.0)
     return recovered

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..curvature import utterance_seed
-from ..styletts2.data.audio import mel_spectrogram
+from ..speech_data.audio import mel_spectrogram
 
 
 @dataclass(frozen=True)
