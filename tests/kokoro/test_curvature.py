@@ -8,9 +8,15 @@ import torch
 from kokoro_models import kokoro_model, tiny_config, utterances
 
 from tts_bpeft.curvature import Curvature
-from tts_bpeft.kokoro.curvature import OwnOutputLikelihood, estimate_kokoro_curvature
+from tts_bpeft.kokoro.curvature import (
+    OwnOutputLikelihood,
+    estimate_kokoro_curvature,
+    own_output_batches,
+    own_output_utterances,
+)
 from tts_bpeft.kokoro.predict import KokoroUtterance, collate, predict
 from tts_bpeft.lora import add_lora
+from tts_bpeft.speech_data.records import Utterance
 
 # one layer per kind and per head: Linear in PL-BERT (all heads), the duration LSTM and projection, a
 # duration-encoder AdaLayerNorm (style in: one position), the F0 / energy projections (Conv1d), the shared
@@ -74,7 +80,8 @@ def test_estimate_does_not_depend_on_the_batch_size(adapted, method):
     three = estimate_kokoro_curvature(model, utts, batch_size=3, **kw)
     assert_same(one, three)
     assert one.fisher == "mc" and one.mc_samples == 2 and one.samples == 3
-    assert {"predictor.lstm.weight_ih_l0", "decoder.asr_res.0", "predictor.duration_proj.linear_layer"} <= set(one.names)
+    reached = {"predictor.lstm.weight_ih_l0", "decoder.asr_res.0", "predictor.duration_proj.linear_layer"}
+    assert reached <= set(one.names)
     other_seed = estimate_kokoro_curvature(model, utts, batch_size=3, **{**kw, "seed": 5})
     name = "bert.encoder.albert_layer_groups.0.albert_layers.0.ffn"  # (a scalar-output layer's G is exact)
     key = {"kfac": "G", "ewc": "diag", "ekfac": "scales"}[method]
@@ -158,3 +165,23 @@ def test_mc_fisher_agrees_with_the_exact_fisher_from_per_sample_jacobians():
         factors = kfac.factors(name)
         diag = torch.outer(factors["G"].diagonal(), factors["A"].diagonal())
         torch.testing.assert_close(diag, ewc.factors(name)["diag"], rtol=1e-4, atol=1e-7 * diag.max().item())
+
+
+def test_records_become_utterances_with_their_voice_row_and_stable_keys():
+    config = tiny_config()
+    vocab = config["vocab"]
+    packs = {"af_a": torch.arange(510 * 32, dtype=torch.float32).reshape(510, 1, 32), "am_b": torch.zeros(510, 1, 32)}
+    ps = "".join(list(vocab)[10:16])  # six known phoneme symbols
+    records = [Utterance("", "af_a", "six", phonemes=ps), Utterance("", "am_b", "six", phonemes=ps[:4])]
+    utts = own_output_utterances(vocab, packs, records)
+    assert [u.key for u in utts] == ["af_a|six", "am_b|six"]
+    assert utts[0].tokens.tolist() == [0, *(vocab[p] for p in ps), 0]
+    torch.testing.assert_close(utts[0].style, packs["af_a"][len(ps) - 1, 0])  # Kokoro's row: phonemes - 1
+    with pytest.raises(ValueError, match="voices \\['nobody'\\]"):
+        own_output_utterances(vocab, packs, [Utterance("", "nobody", "x", phonemes=ps)])
+    with pytest.raises(ValueError, match="unique"):
+        own_output_batches(own_output_utterances(vocab, packs, records[:1] * 2))
+    with pytest.raises(ValueError, match="crop_frames must be >= 2"):
+        OwnOutputLikelihood(crop_frames=1)
+    with pytest.raises(ValueError, match="subset"):
+        OwnOutputLikelihood(terms=("pitch",))

@@ -34,13 +34,17 @@ never adapt them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..curvature import Curvature, Gaussian, Laplace, Likelihood, PerSampleDraws, estimate_curvature, utterance_seed
+from ..speech_data.records import Utterance
 from .predict import KokoroBatch, KokoroUtterance, collate, predict
+from .text import english_phonemes, token_ids
+from .voices import style_row
 
 TERMS = ("duration", "f0", "energy", "mel")
 
@@ -94,6 +98,25 @@ def own_output_loss_fn(likelihood: OwnOutputLikelihood = OwnOutputLikelihood()
                                [utterance_seed(seed, "targets", name) for seed in batch.seeds])
                 for name in TERMS if name in wanted]
     return loss_fn
+
+
+def own_output_utterances(vocab: Mapping[str, int], voicepacks: Mapping[str, torch.Tensor],
+                          records: Sequence[Utterance], language: str = "en-us") -> list[KokoroUtterance]:
+    """Built-in voices speaking sentences: each record's ``speaker`` names a voicepack (510, 1, 256) in
+    `voicepacks`, its ``text`` (or ``phonemes``, when given) is what the voice says; no audio is read.
+    The key ``"<voice>|<text>"`` seeds the utterance's draws, so a sentence keeps its draws in any subset."""
+    unknown = sorted({r.speaker for r in records} - set(voicepacks))
+    if unknown:
+        raise ValueError(f"voices {unknown} are not among the voicepacks {sorted(voicepacks)}")
+    missing = [r.text for r in records if r.phonemes is None]
+    phonemes = iter(english_phonemes(missing, language) if missing else [])
+    out = []
+    for r in records:
+        ps = r.phonemes if r.phonemes is not None else next(phonemes)
+        tokens = torch.tensor(token_ids(ps, dict(vocab), r.text or ps), dtype=torch.long)
+        out.append(KokoroUtterance(f"{r.speaker}|{r.text or ps}", tokens,
+                                   style_row(voicepacks[r.speaker], len(ps)).reshape(-1)))
+    return out
 
 
 def own_output_batches(utterances: Sequence[KokoroUtterance], batch_size: int = 1, seed: int = 0

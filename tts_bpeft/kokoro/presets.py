@@ -44,6 +44,13 @@ PRESETS: dict[str, list[Rule]] = {
     "all": [(ADAPTABLE, r"(bert|bert_encoder|predictor|text_encoder|decoder)(\..*)?")],
 }
 
+DESCRIPTIONS = {
+    "paper": "every Linear of PL-BERT, bert_encoder, the prosody predictor and the decoder (Linear only)",
+    "design": "text encoder (Conv1d, LSTM), prosody predictor (LSTM, Linear, Conv1d), decoder (Conv1d, "
+              "ConvTranspose1d, Linear); PL-BERT frozen",
+    "all": "every adaptable layer (Linear, Conv1d, ConvTranspose1d, LSTM) of all five modules",
+}
+
 UNUSED = {
     "bert.pooler": "PL-BERT's pooler: Kokoro reads the token states, the pooled output gets no gradient",
     "decoder.generator.m_source.l_linear": "the harmonic-source merge runs under no_grad",
