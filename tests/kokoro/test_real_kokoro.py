@@ -98,3 +98,19 @@ def test_whisper_understands_the_converted_model(packages, real_model):
     waves = synthesize(real_model, SENTENCES, voices["jf_alpha"], seed=0)
     hypotheses = FasterWhisperAsr().transcribe([librosa.resample(w, orig_sr=24_000, target_sr=16_000) for w in waves])
     assert error_rates(list(SENTENCES), hypotheses).wer <= 0.05, list(zip(SENTENCES, hypotheses, strict=True))
+
+
+def test_the_python_example_of_the_docs_runs(packages, tmp_path, monkeypatch):
+    """The first ```python block of docs/kokoro.md, executed as written (offline weights, cache in tmp)."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    monkeypatch.setenv("TTS_BPEFT_CACHE", str(tmp_path))
+    text = (Path(__file__).parents[2] / "docs" / "kokoro.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "docs/kokoro.md", "exec"), namespace)
+    wave = namespace["wave"]
+    assert wave.dtype == np.float32 and 24_000 < len(wave) < 10 * 24_000 and np.isfinite(wave).all()
