@@ -11,6 +11,7 @@ import importlib.util
 import librosa
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tts_bpeft.kokoro.offline import expected_sha256, offline_config, offline_voices, onnx_bytes
 
@@ -52,7 +53,10 @@ def real_model(packages, tmp_path_factory):
     files = list((cache / "kokoro").glob("*.safetensors"))
     assert [f.name for f in files] == [f"kokoro-v1.0-int8-{expected_sha256()[:12]}.safetensors"]
     second = load_offline_kokoro(cache)  # reads it
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    cached = load_file(files[0])
+    assert len(cached) == 546
+    assert all(torch.equal(first.state_dict()[k], v) and torch.equal(second.state_dict()[k], v)
+               for k, v in cached.items())
     return second
 
 
