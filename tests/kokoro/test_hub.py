@@ -52,10 +52,12 @@ def test_the_hub_release_loads_from_the_offline_cache(hub_cache, small_kmodel):
 
 
 def test_kokoro_checkpoints_round_trip_and_refuse_foreign_files(tmp_path, small_kmodel):
-    path = save_kokoro_checkpoint(small_kmodel, tmp_path / "merged.pth")
+    path = save_kokoro_checkpoint(small_kmodel.state_dict(), tmp_path / "merged.pth")
     flat = read_kokoro_checkpoint(path)
     assert flat.keys() == small_kmodel.state_dict().keys()
     assert all(torch.equal(flat[k], v) for k, v in small_kmodel.state_dict().items())
+    with pytest.raises(ValueError, match="net.weight: a Kokoro state dict key starts with one of bert"):
+        save_kokoro_checkpoint({"net.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     torch.save({"net": {}}, tmp_path / "foreign.pth")
     with pytest.raises(ValueError, match="foreign.pth.*found \\['net'\\]"):
         read_kokoro_checkpoint(tmp_path / "foreign.pth")

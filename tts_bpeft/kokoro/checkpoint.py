@@ -8,6 +8,7 @@ strip. A checkpoint written here loads in ``kokoro.KModel(model=<path>)`` unchan
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -34,10 +35,15 @@ def read_kokoro_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def save_kokoro_checkpoint(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write `model`'s weights (a ``KModel``) in Kokoro's format, atomically."""
-    parts = {name: {k: v.detach().cpu().contiguous() for k, v in getattr(model, name).state_dict().items()}
-             for name in COMPONENTS}
+def save_kokoro_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a flat ``KModel`` state dict (``bert.…``, ``decoder.…``; e.g. ``model.state_dict()`` or
+    ``tts_bpeft.merged_state_dict(model)``) in Kokoro's format, atomically."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        component, _, inner = key.partition(".")
+        if component not in COMPONENTS or not inner:
+            raise ValueError(f"{key}: a Kokoro state dict key starts with one of {', '.join(COMPONENTS)}")
+        parts.setdefault(component, {})[inner] = value.detach().cpu().contiguous()
     buffer = io.BytesIO()
     torch.save(parts, buffer)
     return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))

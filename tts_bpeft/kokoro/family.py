@@ -154,6 +154,4 @@ class KokoroFamily:
     def export(self, model: TTSModel, path: str | os.PathLike) -> Path:
         """Kokoro's checkpoint format (``kokoro-v1_0.pth`` layout) with the adapters merged exactly (also into
         weight-normed layers); loads in ``kokoro.KModel(model=path)``."""
-        plain = build_kmodel(model.config)
-        load_kokoro_state_dict(plain, merged_state_dict(model.net), "the merged model")
-        return save_kokoro_checkpoint(plain, path)
+        return save_kokoro_checkpoint(merged_state_dict(model.net), path)
