@@ -47,8 +47,8 @@ def adapted(_float64):
 def assert_same(a: Curvature, b: Curvature, rtol=1e-4):
     assert a.names == b.names and a.samples == b.samples
     for name in a.names:
-        for key, value in a.factors(name).items():
-            other = b.factors(name)[key]
+        for key, value in a.term(name).items():
+            other = b.term(name)[key]
             if key.endswith("basis"):  # eigenvectors: compare the projectors column by column up to sign
                 value, other = value.abs(), other.abs()
             torch.testing.assert_close(other, value, rtol=rtol, atol=rtol * value.abs().max().item(), msg=name + key)
@@ -75,7 +75,7 @@ def test_estimate_does_not_depend_on_the_batch_size(adapted, method):
     other_seed = estimate_kokoro_curvature(model, utts, batch_size=3, **{**kw, "seed": 5})
     name = "bert.encoder.albert_layer_groups.0.albert_layers.0.ffn"  # (a scalar-output layer's G is exact)
     key = {"kfac": "G", "ewc": "diag", "ekfac": "scales"}[method]
-    assert not torch.allclose(one.factors(name)[key], other_seed.factors(name)[key])  # draws depend on the seed
+    assert not torch.allclose(one.term(name)[key], other_seed.term(name)[key])  # draws depend on the seed
 
 
 PROSODY = ("duration", "f0", "energy")
@@ -142,7 +142,7 @@ def test_mc_fisher_agrees_with_the_exact_fisher_from_per_sample_jacobians():
     ewc = estimate_kokoro_curvature(model, utts, method="ewc", **kw)
     exact, se = exact_ewc(model, utts, likelihood, ewc.names, seed)
     for name in ewc.names:
-        estimate, expected, error = ewc.factors(name)["diag"].double(), exact[name], se[name] / draws ** 0.5
+        estimate, expected, error = ewc.term(name)["diag"].double(), exact[name], se[name] / draws ** 0.5
         assert expected.abs().max() > 0, name
         assert ((estimate - expected).abs() <= 6 * error + 1e-12 * expected.max()).all(), name
         wrong = ((estimate - 2 * expected).abs() > 6 * error)[expected > 0].float().mean()
@@ -152,9 +152,9 @@ def test_mc_fisher_agrees_with_the_exact_fisher_from_per_sample_jacobians():
 
     kfac = estimate_kokoro_curvature(model, utts, method="kfac", **kw)
     for name in ("predictor.text_encoder.lstms.1.fc", "predictor.F0.0.norm1.fc"):
-        factors = kfac.factors(name)
+        factors = kfac.term(name)
         diag = torch.outer(factors["G"].diagonal(), factors["A"].diagonal())
-        torch.testing.assert_close(diag, ewc.factors(name)["diag"], rtol=1e-4, atol=1e-7 * diag.max().item())
+        torch.testing.assert_close(diag, ewc.term(name)["diag"], rtol=1e-4, atol=1e-7 * diag.max().item())
 
 
 def test_records_become_utterances_with_their_voice_row_and_stable_keys():
@@ -175,3 +175,30 @@ def test_records_become_utterances_with_their_voice_row_and_stable_keys():
         OwnOutputLikelihood(crop_frames=1)
     with pytest.raises(ValueError, match="subset"):
         OwnOutputLikelihood(terms=("pitch",))
+
+
+def test_family_measures_the_same_fisher_as_the_direct_estimate(adapted, monkeypatch):
+    from tts_bpeft.curvature import estimate_curvature
+    from tts_bpeft.family import DataOptions, TTSModel, family
+    from tts_bpeft.kokoro import family as kokoro_family
+
+    model, config = adapted
+    vocab = config["vocab"]
+    g = torch.Generator().manual_seed(3)
+    packs = {name: torch.randn(510, 1, 2 * config["style_dim"], generator=g) for name in ("af_a", "am_b")}
+    monkeypatch.setattr(kokoro_family, "_voicepack", lambda settings, name: packs[name])  # 256-wide in real packs
+    symbols = list(vocab)[10:20]
+    records = [Utterance("", "af_a", "one", phonemes="".join(symbols[:5])),
+               Utterance("", "am_b", "two", phonemes="".join(symbols[3:10]))]
+    kokoro = family("kokoro")
+    tts = TTSModel("kokoro", model, {}, config)
+    batches = kokoro.curvature_batches(tts, records, batch_size=2, seed=5)
+    loss_fn = kokoro.per_sample_loss(tts, seed=5, options=DataOptions(max_frames=8))  # every term
+    through_family = estimate_curvature(model, batches, loss_fn, method="kfac", fisher="mc", seed=5, progress=False)
+    direct = estimate_kokoro_curvature(model, own_output_utterances(vocab, packs, records), "kfac",
+                                       OwnOutputLikelihood(crop_frames=4), batch_size=1,
+                                       seed=5, progress=False)
+    assert through_family.names == direct.names and through_family.samples == direct.samples == 2
+    assert_same(through_family, direct, rtol=1e-6)
+    with pytest.raises(ValueError, match="Monte-Carlo Fisher"):
+        kokoro.per_sample_loss(tts, fisher="empirical")

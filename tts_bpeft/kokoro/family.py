@@ -1,4 +1,4 @@
-"""Kokoro-82M as a `tts_bpeft.family.ModelFamily`: build, synthesis, voices and export.
+"""Kokoro-82M as a `tts_bpeft.family.ModelFamily`: build, presets, data-free curvature, synthesis, voices, export.
 
 Model settings (``TTSModel.settings``, a recipe's ``model:`` group):
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from tts_bpeft.family import TTSModel, Voice
+from tts_bpeft.family import DataOptions, PerSampleLoss, TTSModel, Voice
 from tts_bpeft.kokoro.architecture import REPO_ID, SAMPLE_RATE, build_kmodel, load_kokoro_state_dict
 from tts_bpeft.kokoro.checkpoint import read_kokoro_checkpoint, save_kokoro_checkpoint
+from tts_bpeft.kokoro.curvature import (
+    TERMS,
+    OwnOutputLikelihood,
+    own_output_batches,
+    own_output_loss_fn,
+    own_output_utterances,
+)
+from tts_bpeft.kokoro.predict import KokoroBatch
+from tts_bpeft.kokoro.presets import DESCRIPTIONS, add_preset_lora, preset_plan
 from tts_bpeft.kokoro.synthesis import synthesize
 from tts_bpeft.kokoro.voices import load_voicepack
 from tts_bpeft.lora import merged_state_dict
+from tts_bpeft.speech_data.records import Utterance
 
 SOURCES = ("offline", "hub", "checkpoint")
 
@@ -126,6 +136,39 @@ class KokoroFamily:
         torch.manual_seed(seed)
         net, config = _load(settings)
         return TTSModel(family=self.name, net=net.to(device).train(), settings=settings, config=config, seed=seed)
+
+    def presets(self) -> Mapping[str, str]:
+        """LoRA presets (`tts_bpeft.kokoro.presets`): name -> the layers it adapts."""
+        return dict(DESCRIPTIONS)
+
+    def add_preset(self, model: TTSModel, preset: str, r: int = 16, alpha: float = 32.0, dropout: float = 0.0,
+                   extra: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+        """LoRA on the preset's layers of the ``KModel``; returns their names."""
+        names = preset_plan(model.net, preset, extra, exclude, r).names
+        add_preset_lora(model.net, preset, r=r, alpha=alpha, dropout=dropout, extra=extra, exclude=exclude)
+        return names
+
+    def curvature_batches(self, model: TTSModel, utterances: Sequence[Utterance], batch_size: int = 1,
+                          seed: int = 0, options: DataOptions | None = None) -> list[KokoroBatch]:
+        """Kokoro's training data is not public, so the Fisher is measured on the model's own outputs:
+        ``utterances`` are sentences (``text``, or ``phonemes``) whose ``speaker`` names a voice of
+        :meth:`voices`; no audio is read (`tts_bpeft.kokoro.curvature`). Batches keep the given order (each
+        utterance's draws come from its own key, so order and grouping do not change the estimate)."""
+        packs = {name: _voicepack(model.settings, name) for name in sorted({u.speaker for u in utterances})}
+        return own_output_batches(own_output_utterances(model.net.vocab, packs, utterances), batch_size, seed)
+
+    def per_sample_loss(self, model: TTSModel, fisher: str = "mc", terms: Sequence[str] | None = None,
+                        seed: int = 0, options: DataOptions | None = None) -> PerSampleLoss:
+        """The likelihoods of Kokoro's own outputs (``terms`` among duration, f0, energy, mel; default all)
+        for the Monte-Carlo Fisher. ``options.max_frames`` (mel frames of 12.5 ms) bounds the decoded crop
+        (Kokoro's aligned frames are 25 ms: half as many). The empirical Fisher is refused: its targets
+        would be the predictions themselves, and its gradients zero."""
+        if fisher != "mc":
+            raise ValueError(f"fisher={fisher!r}: Kokoro's curvature is the Monte-Carlo Fisher of its own outputs "
+                             "(fisher='mc'); with the predictions as targets the empirical Fisher is zero")
+        max_frames = (options or DataOptions()).max_frames
+        crop = {} if max_frames is None else {"crop_frames": max(2, int(max_frames) // 2)}
+        return own_output_loss_fn(OwnOutputLikelihood(terms=tuple(terms or TERMS), **crop))
 
     def synthesizer(self, model: TTSModel, settings: Mapping[str, Any] | None = None,
                     device: str | torch.device = "cpu", seed: int = 0,
