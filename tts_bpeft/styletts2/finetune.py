@@ -154,10 +154,13 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
 
-        def reference(item):  # drawn per utterance and epoch: the same whatever batch or process it is in
-            return dataset.reference(item, torch.Generator().manual_seed(utterance_seed(seed, epoch, item.path)))
-        return DataLoader(dataset, batch_size=optim["batch_size"], sampler=sampler, collate_fn=lambda items: (
-            epoch, collate(items, [reference(it) for it in items], dataset.ref_frames)))
+        def collate_epoch(items):
+            # the reference and its crop are drawn per utterance and epoch: the same whatever batch or process
+            # the utterance is in, and whatever torch's global RNG holds (a resumed run draws them again)
+            generators = [torch.Generator().manual_seed(utterance_seed(seed, epoch, it.path)) for it in items]
+            references = [dataset.reference(it, g) for it, g in zip(items, generators)]
+            return epoch, collate(items, references, dataset.ref_frames, generators)
+        return DataLoader(dataset, batch_size=optim["batch_size"], sampler=sampler, collate_fn=collate_epoch)
 
     objective = GeneratorObjective(model, config, terms=cfg["loss"]["terms"], weights=cfg["loss"].get("weights"),
                                    max_frames=cfg["loss"].get("max_frames"))
