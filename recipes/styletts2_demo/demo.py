@@ -28,28 +28,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.curvature import Curvature
 from tts_bpeft.eval.speaker import load_speaker_encoder
-from tts_bpeft.eval.zero_shot import (
-    TargetSplit,
-    build_test_sets,
-    evaluate_zero_shot,
-    pretrained_system,
-    run_system,
-    styletts2_loader,
-)
+from tts_bpeft.eval.systems import SystemSpec, pretrained_system, run_system
+from tts_bpeft.eval.test_sets import TargetSplit, build_test_sets
+from tts_bpeft.eval.zero_shot import evaluate_zero_shot
+from tts_bpeft.family import DataOptions, Synthesizer, TTSModel, estimate_pretraining_curvature, family
 from tts_bpeft.io import save_json, write_text
 from tts_bpeft.prior import LaplacePrior
-from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature
-from tts_bpeft.styletts2.data.libritts import read_libritts
-from tts_bpeft.styletts2.data.selection import split_per_speaker
-from tts_bpeft.styletts2.data.synthetic import Voice, available_voices, make_libritts, make_vctk
-from tts_bpeft.styletts2.data.text import Phonemizer
-from tts_bpeft.styletts2.finetune import build_base, finetune, heldout_loss, load_run, target_splits
-from tts_bpeft.styletts2.model import count_parameters, save_checkpoint
-from tts_bpeft.styletts2.presets import add_preset_lora
+from tts_bpeft.runs import load_run, read_run
+from tts_bpeft.speech_data.libritts import read_libritts
+from tts_bpeft.speech_data.phonemes import Phonemizer
+from tts_bpeft.speech_data.selection import split_per_speaker
+from tts_bpeft.speech_data.synthetic import Voice, available_voices, make_libritts, make_vctk
+from tts_bpeft.styletts2.finetune import finetune, heldout_loss, target_splits
 
 TARGET = "p248"
 UNSEEN = ("p225", "p302", "p347", "p234", "p326")
-FINETUNE_DEFAULTS = OmegaConf.load(Path(__file__).parents[1] / "styletts2_vctk" / "conf" / "finetune.yaml")
+STYLETTS2 = family("styletts2")
 
 
 def stage(name: str) -> None:
@@ -102,10 +96,10 @@ def pretrain(cfg: DictConfig, out: Path, corpora: dict, phonemizer: Phonemizer) 
                               lr=cfg.pretrain.lr, batch_size=cfg.pretrain.batch_size)
     started = time.time()
     finetune(run_cfg, out / "pretrain", utterances=splits.train)
-    model, _, _ = load_run(out / "pretrain", cfg.device)
-    save_checkpoint(model, checkpoint)
-    sizes = count_parameters(model)
-    print(f"trained {sum(sizes.values()) / 1e6:.0f}M parameters for {cfg.pretrain.steps} steps of "
+    model, _ = load_run(out / "pretrain", cfg.device)
+    STYLETTS2.export(model, checkpoint)
+    parameters = sum(p.numel() for module in model.modules() for p in module.parameters())
+    print(f"trained {parameters / 1e6:.0f}M parameters for {cfg.pretrain.steps} steps of "
           f"{cfg.pretrain.batch_size} utterances on {len(splits.train)} utterances of {cfg.voices.pretrain} "
           f"speakers in {time.time() - started:.0f} s -> {checkpoint}")
     return checkpoint
@@ -113,14 +107,15 @@ def pretrain(cfg: DictConfig, out: Path, corpora: dict, phonemizer: Phonemizer) 
 
 def finetune_config(cfg: DictConfig, corpora: dict, system: str, prior: str, lam: float, steps: int, lr: float,
                     batch_size: int, checkpoint: Path | None = None, curvature: Path | None = None) -> dict:
-    """The recipe's finetune.yaml with the demo's choices."""
-    run = OmegaConf.to_container(FINETUNE_DEFAULTS, resolve=False)
-    run.pop("defaults")
-    run.pop("hydra")
-    run.update(speaker=TARGET, system=system, device=cfg.device, seed=cfg.seed, checkpoint_every=5, progress=True)
+    """The fine-tuning settings of one demo run: the VCTK recipe's shared groups (``cfg.run``: lora, optim,
+    loss) with the demo's choices."""
+    run = OmegaConf.to_container(cfg.run, resolve=True)
+    run.update(speaker=TARGET, system=system, device=cfg.device, seed=cfg.seed, checkpoint_every=5, progress=True,
+               train_utterances=None, amp=False)
     run["model"] = {"config": cfg.model.config, "checkpoint": str(checkpoint) if checkpoint else None, "aux": {}}
-    run["data"].update(vctk_root=corpora["vctk"], val_utterances=1, test_utterances=cfg.evaluate.target_sentences,
-                       trim_db=None, phoneme_cache=str(Path(corpora["vctk"]).parent / "phonemes.json"))
+    run["data"] = {"vctk_root": corpora["vctk"], "mic": "mic1", "val_utterances": 1,
+                   "test_utterances": cfg.evaluate.target_sentences, "trim_db": None,
+                   "phoneme_cache": str(Path(corpora["vctk"]).parent / "phonemes.json")}
     run["lora"]["preset"] = cfg.finetune.preset
     run["prior"] = {"kind": prior, "lam": lam, "curvature": str(curvature) if curvature else None,
                     "lam_per_layer": {}, "scaling": "package"}
@@ -129,8 +124,7 @@ def finetune_config(cfg: DictConfig, corpora: dict, system: str, prior: str, lam
     return run
 
 
-def estimate_curvatures(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path,
-                        phonemizer: Phonemizer) -> dict[str, Path]:
+def estimate_curvatures(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path) -> dict[str, Path]:
     stage("3. curvature of the pre-trained model on pre-training data")
     utterances = read_libritts(corpora["libritts"]).utterances
     train = split_per_speaker(utterances, test=2, seed=cfg.seed).train
@@ -142,11 +136,12 @@ def estimate_curvatures(cfg: DictConfig, out: Path, corpora: dict, checkpoint: P
         if path.is_file():
             print(f"cached: {path}")
             continue
-        model, config = build_base({"config": cfg.model.config, "checkpoint": str(checkpoint)}, cfg.device, cfg.seed)
-        add_preset_lora(model, cfg.finetune.preset)
+        model = STYLETTS2.build({"config": cfg.model.config, "checkpoint": str(checkpoint)}, cfg.device, cfg.seed)
+        STYLETTS2.add_preset(model, cfg.finetune.preset)
         started = time.time()
-        curvature = estimate_styletts2_curvature(model, config, chosen, method=method, fisher=cfg.curvature.fisher,
-                                                 max_frames=cfg.max_frames, phonemizer=phonemizer, seed=cfg.seed)
+        options = DataOptions(phoneme_cache=out / "phonemes.json", max_frames=cfg.max_frames)
+        curvature = estimate_pretraining_curvature(STYLETTS2, model, chosen, method=method,
+                                                   fisher=cfg.curvature.fisher, options=options, seed=cfg.seed)
         curvature.save(path)
         print(f"{method}: {len(curvature.names)} layers from {curvature.samples} utterances in "
               f"{time.time() - started:.0f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -179,9 +174,9 @@ def finetune_systems(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path
 
 def plain_quadratic(plain_run: Path, prior: str, curvature: Path | None) -> float:
     """q(dW) of a prior (lam = 1) at the adapter of the plain-LoRA run."""
-    model, _, _ = load_run(plain_run)
-    curv = Curvature.load(curvature, model) if curvature else None
-    return LaplacePrior(curv, lam=1.0, method=prior, scaling="package").penalty(model).item()
+    model, _ = load_run(plain_run)
+    curv = Curvature.load(curvature, model.net) if curvature else None
+    return LaplacePrior(curv, lam=1.0, method=prior, scaling="package").penalty(model.net).item()
 
 
 def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: dict[str, Path],
@@ -191,27 +186,32 @@ def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: 
     systems = [pretrained_system(model_cfg, seed=cfg.seed)]
     systems += [run_system(run_dir, name=f"lora+{prior}") for prior, run_dir in runs.items()]
     heldout = split_per_speaker(read_libritts(corpora["libritts"]).utterances, test=2, seed=cfg.seed).test
-    run_cfg = json.loads((runs["none"] / "run.json").read_text())
+    run_cfg = read_run(runs["none"]).settings
     target_test = target_splits(run_cfg["data"], TARGET, None, cfg.seed)[2]  # never trained on
     losses_path = out / "evaluation" / "heldout_loss.json"
     losses = json.loads(losses_path.read_text()) if losses_path.is_file() else {}
-    synthesizers = styletts2_loader(cfg.device, inference={"max_token_frames": cfg.evaluate.max_token_frames},
-                                    seed=cfg.seed, phoneme_cache=out / "phonemes.json")
+
+    def build(system: SystemSpec) -> TTSModel:
+        if system.run_dir is not None:
+            return load_run(system.run_dir, cfg.device)[0]
+        return STYLETTS2.build(system.model, cfg.device, system.seed)
 
     built = {}  # a model built for its losses is handed on to synthesis (one build per system)
     for system in systems:
         key = f"{system.name}:{system.fingerprint()}"
         if key not in losses:
-            speech = built[system.name] = synthesizers(system)
-            model, config = speech.synthesizer.model, speech.synthesizer.config
-            losses[key] = {name: heldout_loss(model, config, utterances, terms=list(cfg.evaluate.heldout_terms),
-                                              phonemizer=phonemizer, seed=cfg.seed, max_frames=cfg.max_frames)
+            model = built[system.name] = build(system)
+            losses[key] = {name: heldout_loss(model.net, model.config, utterances,
+                                              terms=list(cfg.evaluate.heldout_terms), phonemizer=phonemizer,
+                                              seed=cfg.seed, max_frames=cfg.max_frames)
                            for name, utterances in (("pretraining", heldout), ("target", target_test))}
             save_json(losses, losses_path)
-            built = {system.name: speech}
+            built = {system.name: model}
 
-    def load(system):
-        return built.pop(system.name, None) or synthesizers(system)
+    def load(system: SystemSpec) -> Synthesizer:
+        model = built.pop(system.name, None) or build(system)
+        return STYLETTS2.synthesizer(model, {"max_token_frames": cfg.evaluate.max_token_frames}, device=cfg.device,
+                                     seed=cfg.seed, phoneme_cache=out / "phonemes.json")
 
     test_sets = build_test_sets(corpora["vctk"], TARGET, corpora["unseen"], cfg.evaluate.unseen_sentences,
                                 TargetSplit.from_runs(systems), cfg.seed)
@@ -287,7 +287,7 @@ def main(cfg: DictConfig) -> None:
     phonemizer = Phonemizer(out / "phonemes.json")
     corpora = make_corpora(cfg, out)
     checkpoint = pretrain(cfg, out, corpora, phonemizer)
-    curvatures = estimate_curvatures(cfg, out, corpora, checkpoint, phonemizer)
+    curvatures = estimate_curvatures(cfg, out, corpora, checkpoint)
     runs = finetune_systems(cfg, out, corpora, checkpoint, curvatures)
     table = evaluate(cfg, out, corpora, checkpoint, runs, phonemizer)
     report(table, out, started)

@@ -1,8 +1,9 @@
-"""Estimate the curvature of a pre-trained StyleTTS 2 on LibriTTS (KFAC or EWC), for the Laplace prior.
+"""Estimate the curvature of a pre-trained StyleTTS 2 on LibriTTS (KFAC, EWC or EKFAC), for the Laplace prior.
 
     python estimate_curvature.py libritts.root=/data/LibriTTS model.config=... model.checkpoint=... method=kfac
 
 Writes the curvature file (``output``, relative to the run folder unless absolute) and ``summary.json``.
+The LoRA settings come from the shared ``conf/lora`` group, so they are the fine-tuning's.
 """
 
 import time
@@ -11,36 +12,34 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import to_absolute_path
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from tts_bpeft.family import DataOptions, estimate_pretraining_curvature, family, model_paths
 from tts_bpeft.io import save_json
-from tts_bpeft.styletts2.curvature import estimate_styletts2_curvature
-from tts_bpeft.styletts2.data.libritts import read_libritts
-from tts_bpeft.styletts2.data.text import Phonemizer
-from tts_bpeft.styletts2.finetune import build_base
-from tts_bpeft.styletts2.presets import add_preset_lora
+from tts_bpeft.runs import resolve_paths
+from tts_bpeft.speech_data.libritts import read_libritts
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="estimate_curvature")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    root = to_absolute_path(cfg.libritts.root)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    for key in ("config", "checkpoint"):
-        if model_cfg[key] and model_cfg[key] != "tiny":
-            model_cfg[key] = to_absolute_path(model_cfg[key])
-    model, config = build_base(model_cfg, cfg.device, cfg.seed)
-    add_preset_lora(model, cfg.lora.preset, r=cfg.lora.r, alpha=cfg.lora.alpha, extra=list(cfg.lora.extra),
-                    exclude=list(cfg.lora.exclude))
+    styletts2 = family("styletts2")
+    paths = [f"model.{key}" for key in model_paths("styletts2")] + ["libritts.root", "libritts.phoneme_cache"]
+    settings = resolve_paths(OmegaConf.to_container(cfg, resolve=True), paths, get_original_cwd())
+    root = settings["libritts"]["root"]
+    model = styletts2.build(settings["model"], cfg.device, cfg.seed)
+    lora = settings["lora"]
+    styletts2.add_preset(model, lora["preset"], r=lora["r"], alpha=lora["alpha"], extra=lora["extra"],
+                         exclude=lora["exclude"])
     corpus = read_libritts(root, subsets=list(cfg.libritts.subsets), num_utterances=cfg.libritts.utterances,
                            seed=cfg.seed)
-    cache = cfg.libritts.phoneme_cache or str(Path(root) / ".phonemes.json")
+    options = DataOptions(phoneme_cache=Path(settings["libritts"]["phoneme_cache"] or Path(root) / ".phonemes.json"),
+                          trim_db=cfg.libritts.trim_db, max_frames=cfg.max_frames)
     started = time.time()
-    curvature = estimate_styletts2_curvature(
-        model, config, corpus.utterances, method=cfg.method, fisher=cfg.fisher, kfac_approx=cfg.kfac_approx,
-        terms=list(cfg.terms), batch_size=cfg.batch_size, mc_samples=cfg.mc_samples, max_frames=cfg.max_frames,
-        phonemizer=Phonemizer(cache), trim_db=cfg.libritts.trim_db, seed=cfg.seed,
+    curvature = estimate_pretraining_curvature(
+        styletts2, model, corpus.utterances, method=cfg.method, fisher=cfg.fisher, kfac_approx=cfg.kfac_approx,
+        terms=list(cfg.terms), batch_size=cfg.batch_size, mc_samples=cfg.mc_samples, options=options, seed=cfg.seed,
         description=f"LibriTTS {list(cfg.libritts.subsets)} {len(corpus.utterances)} utterances at {root}")
     seconds = time.time() - started
     output = out_dir / cfg.output

@@ -13,31 +13,21 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import to_absolute_path
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from tts_bpeft.eval.scoring import load_asr
 from tts_bpeft.eval.speaker import load_speaker_encoder
-from tts_bpeft.eval.zero_shot import (
-    PAPER_TARGET_SPEAKER,
-    TargetSplit,
-    build_test_sets,
-    collect_systems,
-    evaluate_zero_shot,
-    load_asr,
-    styletts2_loader,
-    target_speaker,
-)
+from tts_bpeft.eval.synthesis import family_loader
+from tts_bpeft.eval.systems import collect_systems, target_speaker
+from tts_bpeft.eval.test_sets import PAPER_TARGET_SPEAKER, TargetSplit, build_test_sets
+from tts_bpeft.eval.zero_shot import evaluate_zero_shot
+from tts_bpeft.family import model_paths
+from tts_bpeft.runs import resolve_paths
 
-
-def _path(value: str | None) -> str | None:
-    return to_absolute_path(value) if value and value != "tiny" else value
-
-
-def _folder_or_id(value: str | None) -> str | None:
-    """A model folder made absolute (relative to where the command ran); a hub id or None unchanged."""
-    if value and Path(to_absolute_path(value)).exists():
-        return to_absolute_path(value)
-    return value
+PATHS = ("data.vctk_root", "similarity.source", "asr.model_dir", "phoneme_cache", "cache_dir")
+"""Settings that name files or folders: made absolute against where the command ran when they exist there
+(a hub id or a name stays as it is)."""
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -45,15 +35,14 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.cpu_threads:
         torch.set_num_threads(int(cfg.cpu_threads))
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model["config"], model["checkpoint"] = _path(model["config"]), _path(model["checkpoint"])
-    model["aux"] = {k: _path(v) for k, v in (model.get("aux") or {}).items()}
-    systems = collect_systems([to_absolute_path(r) for r in cfg.systems.runs],
-                              pretrained=model if cfg.systems.pretrained else None, seed=cfg.seed)
+    paths = [f"model.{key}" for key in model_paths("styletts2")] + list(PATHS)
+    settings = resolve_paths(OmegaConf.to_container(cfg, resolve=True), paths, get_original_cwd())
+    runs = [str(Path(get_original_cwd(), r)) for r in settings["systems"]["runs"]]
+    systems = collect_systems(runs, pretrained=settings["model"] if cfg.systems.pretrained else None, seed=cfg.seed)
     speaker = target_speaker(systems, cfg.speaker or (None if any(s.speaker for s in systems)
                                                       else PAPER_TARGET_SPEAKER))
-    runs = [s for s in systems if s.run_dir is not None]
-    vctk_root = _path(cfg.data.vctk_root) or (runs[0].data.get("vctk_root") if runs else None)
+    finished = [s for s in systems if s.run_dir is not None]
+    vctk_root = settings["data"]["vctk_root"] or (finished[0].data.get("vctk_root") if finished else None)
     if not vctk_root:
         raise ValueError("data.vctk_root is not set and no run names one")
     split = TargetSplit.from_runs(systems, limit=cfg.target_utterances, test_utterances=cfg.data.test_utterances,
@@ -61,13 +50,13 @@ def main(cfg: DictConfig) -> None:
     print(f"systems: {', '.join(s.name for s in systems)}; target {speaker}; VCTK {vctk_root}")
     test_sets = build_test_sets(vctk_root, speaker, list(cfg.unseen.speakers), cfg.unseen.utterances, split,
                                 seed=cfg.seed)
-    encoder = load_speaker_encoder(cfg.similarity.backend, _folder_or_id(cfg.similarity.source), device=cfg.device)
+    encoder = load_speaker_encoder(cfg.similarity.backend, settings["similarity"]["source"], device=cfg.device)
     threads = {"cpu_threads": int(cfg.cpu_threads)} if cfg.cpu_threads and cfg.asr.backend == "faster-whisper" else {}
-    asr, why = load_asr(cfg.asr.backend, _folder_or_id(cfg.asr.model_dir), cfg.device, **threads)
+    asr, why = load_asr(cfg.asr.backend, settings["asr"]["model_dir"], cfg.device, **threads)
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
-    loader = styletts2_loader(cfg.device, inference, cfg.seed, _path(cfg.phoneme_cache))
+    loader = family_loader(cfg.device, inference, cfg.seed, settings["phoneme_cache"])
     evaluate_zero_shot(systems, test_sets, out_dir, loader, encoder, asr, why, sim_refs=cfg.similarity.references,
-                       inference=inference, seed=cfg.seed, cache_dir=_path(cfg.cache_dir), overwrite=cfg.overwrite,
+                       inference=inference, seed=cfg.seed, cache_dir=settings["cache_dir"], overwrite=cfg.overwrite,
                        plots=cfg.plots, progress=cfg.progress)
 
 

@@ -10,25 +10,21 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import to_absolute_path
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from tts_bpeft.family import model_paths
+from tts_bpeft.runs import resolve_paths
 from tts_bpeft.styletts2.finetune import finetune
 
-
-def absolute(cfg: DictConfig) -> DictConfig:
-    """Paths given relative to where the command ran (hydra changes the working directory)."""
-    for key in ("model.config", "model.checkpoint", "data.vctk_root", "data.phoneme_cache", "prior.curvature",
-                "model.aux.asr", "model.aux.pitch", "model.aux.plbert"):
-        value = OmegaConf.select(cfg, key)
-        if value and value != "tiny":
-            OmegaConf.update(cfg, key, to_absolute_path(value))
-    return cfg
+DATA_PATHS = ("data.vctk_root", "data.phoneme_cache", "prior.curvature")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
 def main(cfg: DictConfig) -> None:
-    summary = finetune(absolute(cfg), Path(HydraConfig.get().runtime.output_dir))
+    paths = [f"model.{key}" for key in model_paths("styletts2")] + list(DATA_PATHS)
+    settings = resolve_paths(OmegaConf.to_container(cfg, resolve=True), paths, get_original_cwd())
+    summary = finetune(settings, Path(HydraConfig.get().runtime.output_dir))
     print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s -> {HydraConfig.get().runtime.output_dir}")
 
 

@@ -20,21 +20,15 @@ import torch
 
 from tts_bpeft.eval.asr import AsrBackend
 from tts_bpeft.eval.report import RESULT_COLUMNS, read_rows
+from tts_bpeft.eval.scoring import load_asr
 from tts_bpeft.eval.speaker import cosine_similarity, embed_audio, load_speaker_encoder
-from tts_bpeft.eval.zero_shot import (
-    SystemSpec,
-    TargetSplit,
-    build_test_sets,
-    collect_systems,
-    evaluate_zero_shot,
-    find_run_dirs,
-    job_seed,
-    load_asr,
-    plan_jobs,
-    pretrained_system,
-    target_speaker,
-)
-from tts_bpeft.styletts2.data.synthetic import available_voices, make_vctk
+from tts_bpeft.eval.synthesis import job_seed, plan_jobs
+from tts_bpeft.eval.systems import SystemSpec, collect_systems, pretrained_system, target_speaker
+from tts_bpeft.eval.test_sets import TargetSplit, build_test_sets
+from tts_bpeft.eval.zero_shot import evaluate_zero_shot
+from tts_bpeft.family import Voice
+from tts_bpeft.runs import find_run_dirs
+from tts_bpeft.speech_data.synthetic import available_voices, make_vctk
 
 TARGET = "p248"
 UNSEEN = ("p225", "p302")
@@ -73,8 +67,8 @@ class VoiceCopy:
         self.voices = {spk: by_name[name] for spk, name in speaker_voices.items()}
         self.fixed = fixed
 
-    def __call__(self, text: str, reference: str | Path, seed: int) -> np.ndarray:
-        speaker = self.fixed or Path(reference).parent.name
+    def __call__(self, text: str, voice: Voice, seed: int) -> np.ndarray:
+        speaker = self.fixed or voice.reference.parent.name
         wave, rate = self.voices[speaker].synthesize(text)
         wave = librosa.resample(wave, orig_sr=rate, target_sr=self.sample_rate)
         return 0.8 * wave / np.abs(wave).max() + 1e-3 * np.random.default_rng(seed).standard_normal(wave.shape)

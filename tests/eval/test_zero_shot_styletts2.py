@@ -47,7 +47,7 @@ def _evaluate(args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
-    from tts_bpeft.styletts2.data.synthetic import make_vctk
+    from tts_bpeft.speech_data.synthetic import make_vctk
 
     vctk = make_vctk(tmp_path / "VCTK-Corpus-0.92", speakers=("p248", "p225"), utterances_per_speaker=5).root
     run = _finetune_one_step(vctk, tmp_path / "multirun" / "lora_l2sp_lam0.001")

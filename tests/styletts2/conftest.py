@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_data_support import LIBRITTS_SPEAKERS, LIBRITTS_UTTERANCES, VCTK_SPEAKERS, VCTK_UTTERANCES
 
-from tts_bpeft.styletts2.data.synthetic import make_libritts, make_vctk
+from tts_bpeft.speech_data.synthetic import make_libritts, make_vctk
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from tts_bpeft.styletts2.data.audio import SAMPLE_RATE, load_audio, mel_spectrogram, num_frames, probe_audio
-from tts_bpeft.styletts2.data.issues import EMPTY, TOO_SHORT, UNREADABLE, WRONG_CHANNELS, BadInputError
+from tts_bpeft.speech_data.audio import SAMPLE_RATE, load_audio, mel_spectrogram, num_frames, probe_audio
+from tts_bpeft.speech_data.issues import EMPTY, TOO_SHORT, UNREADABLE, WRONG_CHANNELS, BadInputError
 
 
 def _tone(seconds: float, sample_rate: int, freq: float = 440.0) -> np.ndarray:

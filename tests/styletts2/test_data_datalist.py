@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tts_bpeft.speech_data.records import Utterance
 from tts_bpeft.styletts2.data.datalist import DataListEntry, read_datalist, speaker_index, write_datalist
-from tts_bpeft.styletts2.data.records import Utterance
 
 UTTERANCES = [
     Utterance("/data/LibriTTS/train-clean-360/14/208/14_208_000001_000000.wav", "14", "Hi.", "hˈaɪ."),

@@ -10,12 +10,13 @@ import torch
 from test_data_support import LIBRITTS_UTTERANCES, copy_corpus, make_empty
 from torch.utils.data import DataLoader
 
-from tts_bpeft.styletts2.data.audio import load_audio, mel_spectrogram
+from tts_bpeft.speech_data.audio import load_audio, mel_spectrogram
+from tts_bpeft.speech_data.issues import EMPTY, MISSING_TRANSCRIPT, BadInputError
+from tts_bpeft.speech_data.libritts import read_libritts
+from tts_bpeft.speech_data.phonemes import Phonemizer
+from tts_bpeft.speech_data.records import Utterance
 from tts_bpeft.styletts2.data.dataset import TTSBatch, TTSDataset, TTSItem, align_wave, collate
-from tts_bpeft.styletts2.data.issues import EMPTY, MISSING_TRANSCRIPT, BadInputError
-from tts_bpeft.styletts2.data.libritts import read_libritts
-from tts_bpeft.styletts2.data.records import Utterance
-from tts_bpeft.styletts2.data.text import Phonemizer, tokenize
+from tts_bpeft.styletts2.data.text import tokenize
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from test_data_support import (
     make_stereo,
 )
 
-from tts_bpeft.styletts2.data.issues import (
+from tts_bpeft.speech_data.issues import (
     EMPTY,
     MISSING_AUDIO,
     MISSING_TRANSCRIPT,
@@ -24,7 +24,7 @@ from tts_bpeft.styletts2.data.issues import (
     WRONG_CHANNELS,
     BadInputError,
 )
-from tts_bpeft.styletts2.data.libritts import LibriTTSSpeaker, read_libritts, read_speakers_tsv
+from tts_bpeft.speech_data.libritts import LibriTTSSpeaker, read_libritts, read_speakers_tsv
 
 NAME = re.compile(r"(\d+)_(\d+)_(\d{6})_(\d{6})\.wav")
 

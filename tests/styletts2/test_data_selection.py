@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tts_bpeft.styletts2.data.records import Utterance
-from tts_bpeft.styletts2.data.selection import (
+from tts_bpeft.speech_data.records import Utterance
+from tts_bpeft.speech_data.selection import (
     group_by_speaker,
     sample_nested,
     sample_per_speaker,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tts_bpeft.styletts2.data.text import PAD_ID, SYMBOLS, Phonemizer, normalize_text, tokenize
+from tts_bpeft.speech_data.phonemes import Phonemizer, normalize_text
+from tts_bpeft.styletts2.data.text import PAD_ID, SYMBOLS, tokenize
 
 # Ids read by hand off StyleTTS 2's table: 0 '$', 1-16 ';:,.!?¡¿—…"«»“” ' (',' 3, '.' 4, ' ' 16),
 # 17-42 'A'-'Z', 43-68 'a'-'z' (h 50, l 54, o 57, w 65, d 46), then the IPA letters.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_data_support import VCTK_UTTERANCES, copy_corpus, make_empty, make_short, make_stereo
 
-from tts_bpeft.styletts2.data.issues import (
+from tts_bpeft.speech_data.issues import (
     EMPTY,
     MISSING_AUDIO,
     MISSING_TRANSCRIPT,
@@ -16,8 +16,8 @@ from tts_bpeft.styletts2.data.issues import (
     WRONG_CHANNELS,
     BadInputError,
 )
-from tts_bpeft.styletts2.data.sentences import sentence
-from tts_bpeft.styletts2.data.vctk import VCTKSpeaker, parse_speaker_line, read_speaker_info, read_vctk
+from tts_bpeft.speech_data.sentences import sentence
+from tts_bpeft.speech_data.vctk import VCTKSpeaker, parse_speaker_line, read_speaker_info, read_vctk
 
 REAL_LINES = {
     "p225  23  F    English    Southern  England": VCTKSpeaker(

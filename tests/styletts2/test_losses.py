@@ -10,7 +10,7 @@ from styletts2.losses import MultiResolutionSTFTLoss
 from tiny_model import random_batch, sub_batch, tiny_model
 
 from tts_bpeft.styletts2 import losses as L
-from tts_bpeft.styletts2.model import TINY_CONFIG, build_tiny_styletts2, load_config
+from tts_bpeft.styletts2.build import TINY_CONFIG, build_tiny_styletts2, load_config
 
 NO_DECODER = ("f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
 

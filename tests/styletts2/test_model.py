@@ -1,9 +1,11 @@
-"""Tests of tts_bpeft.styletts2.model: CPU-safe wrappers, small modules, checkpoints, the tiny model."""
+"""Tests of tts_bpeft.styletts2.build, .checkpoints, .device_safe and .inventory: CPU-safe wrappers, small
+modules, checkpoints, the tiny model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import small_modules as small
 import torch
 from munch import Munch
 from styletts2.models import StyleEncoder
@@ -12,7 +14,9 @@ from styletts2.Utils.ASR.models import ASRCNN
 from tiny_model import AUX_SEED, aux_modules, tiny_model, write_aux_checkpoints
 from torch import nn
 
-from tts_bpeft.styletts2 import model as st
+from tts_bpeft.styletts2 import build, inventory
+from tts_bpeft.styletts2 import checkpoints as ckpt
+from tts_bpeft.styletts2 import device_safe as ds
 from tts_bpeft.styletts2.losses import eval_mode
 
 
@@ -23,10 +27,10 @@ def test_smooth_randomly_is_a_moving_average_with_a_torch_drawn_width():
         torch.manual_seed(seed)
         width = widths[int(torch.randint(len(widths), ()))]
         torch.manual_seed(seed)
-        out = st.smooth_randomly(curve, widths)
+        out = ds.smooth_randomly(curve, widths)
         expected = np.stack([np.convolve(c, np.ones(width), mode="same") / width for c in curve.numpy()])
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-12)
-    assert st.smooth_randomly(curve, (0,)) is curve
+    assert ds.smooth_randomly(curve, (0,)) is curve
 
 
 def test_style_encoder_warm_up_and_short_input_error():
@@ -34,7 +38,7 @@ def test_style_encoder_warm_up_and_short_input_error():
     raw = StyleEncoder(dim_in=8, style_dim=16, max_conv_dim=32).eval()
     mel = torch.randn(1, 1, 80, 96)
     assert raw(mel).abs().max() > 1e6  # the trap: random spectral norm in eval mode
-    encoder = st.small_style_encoder().eval()
+    encoder = small.small_style_encoder().eval()
     out = encoder(mel)
     assert out.shape == (1, 16) and out.abs().max() < 10
     with pytest.raises(ValueError, match="T >= 80"):
@@ -49,7 +53,7 @@ def test_spec_discriminator_runs_on_cpu_after_make_device_safe():
         reference(y, y_hat)
     torch.manual_seed(0)
     msd = MultiResSpecDiscriminator()
-    st.make_device_safe(Munch(msd=msd))
+    ds.make_device_safe(Munch(msd=msd))
     real, fake, fmap_real, _ = msd(y, y_hat)
     assert len(real) == 3 and all(torch.isfinite(r).all() for r in real)
     # Same value as the original computation with the window handed over by hand.
@@ -67,7 +71,7 @@ def test_aligner_backward_in_eval_mode_after_make_device_safe():
     mask = torch.zeros(1, 20, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="inplace operation"):
         aligner(mel, mask, tokens)[0].sum().backward()
-    st.make_device_safe(Munch(text_aligner=aligner))
+    ds.make_device_safe(Munch(text_aligner=aligner))
     torch.manual_seed(1)
     ctc, s2s, attn = aligner(mel, mask, tokens)
     (ctc.sum() + s2s.sum()).backward()
@@ -75,7 +79,7 @@ def test_aligner_backward_in_eval_mode_after_make_device_safe():
 
 
 def test_text_encoder_ignores_padding():
-    enc = st.small_text_encoder(channels=32).eval()
+    enc = small.small_text_encoder(channels=32).eval()
     tokens = torch.tensor([[5, 9, 14, 3, 0, 0], [7, 2, 8, 11, 4, 6]])
     lengths = torch.tensor([4, 6])
     mask = torch.arange(6)[None] >= lengths[:, None]
@@ -86,8 +90,8 @@ def test_text_encoder_ignores_padding():
 
 
 def test_small_prosody_predictor_and_albert_shapes():
-    predictor = st.small_prosody_predictor(style_dim=16, d_hid=32).eval()
-    bert = st.small_albert(hidden_size=32).eval()
+    predictor = small.small_prosody_predictor(style_dim=16, d_hid=32).eval()
+    bert = small.small_albert(hidden_size=32).eval()
     tokens = torch.randint(1, 178, (1, 7))
     features = bert(tokens, attention_mask=torch.ones(1, 7, dtype=torch.int64))
     assert features.shape == (1, 7, 32)
@@ -106,7 +110,7 @@ def test_small_prosody_predictor_and_albert_shapes():
 
 
 def test_small_diffusion_denoises_to_identity_at_tiny_sigma():
-    diffusion = st.small_diffusion(style_dim=16, embedding_features=32).eval()
+    diffusion = small.small_diffusion(style_dim=16, embedding_features=32).eval()
     x = torch.randn(2, 1, 32) * 0.2
     embedding, features = torch.randn(2, 5, 32), torch.randn(2, 32)
     denoised = diffusion.diffusion.denoise_fn(x, sigma=1e-4, embedding=embedding, features=features)
@@ -118,7 +122,7 @@ def test_small_diffusion_denoises_to_identity_at_tiny_sigma():
 def small_munch(seed: int) -> Munch:
     torch.manual_seed(seed)
     return Munch(
-        text_encoder=st.small_text_encoder(channels=16, depth=1, seed=seed),
+        text_encoder=small.small_text_encoder(channels=16, depth=1, seed=seed),
         bert_encoder=nn.Linear(8, 4),
         wd=WavLMDiscriminator(8, 2, 4),
     )
@@ -134,13 +138,13 @@ def assert_same_weights(a: Munch, b: Munch, names=None):
 @pytest.mark.parametrize("prefix", [True, False])
 def test_checkpoint_round_trip(tmp_path, prefix):
     source, target = small_munch(1), small_munch(2)
-    path = st.save_checkpoint(source, tmp_path / "epoch_2nd_00001.pth", prefix=prefix, epoch=3, iters=7)
+    path = ckpt.save_checkpoint(source, tmp_path / "epoch_2nd_00001.pth", prefix=prefix, epoch=3, iters=7)
     raw = torch.load(path, weights_only=True)
     assert sorted(raw) == ["epoch", "iters", "net", "optimizer", "val_loss"]
     assert all(k.startswith("module.") == prefix for k in raw["net"]["text_encoder"])
     assert not any(k.startswith("module.") for k in raw["net"]["wd"])
     assert not list(tmp_path.glob("*.tmp"))
-    meta = st.load_checkpoint(target, path)
+    meta = ckpt.load_checkpoint(target, path)
     assert meta["epoch"] == 3 and meta["iters"] == 7
     assert_same_weights(source, target)
 
@@ -158,8 +162,8 @@ def test_checkpoint_subset_and_strict_errors(tmp_path):
     torch.save({"net": net, "optimizer": {}, "iters": 0, "val_loss": 0.0, "epoch": 0}, tmp_path / "bad.pth")
     target = small_munch(2)
     before = small_munch(2)
-    with pytest.raises(st.CheckpointMismatchError) as err:
-        st.load_checkpoint(target, tmp_path / "bad.pth")
+    with pytest.raises(ckpt.CheckpointMismatchError) as err:
+        ckpt.load_checkpoint(target, tmp_path / "bad.pth")
     message = str(err.value)
     assert "bad.pth" in message
     assert "module 'text_encoder': missing keys (1) [lstm.weight_hh_l0]" in message
@@ -169,52 +173,52 @@ def test_checkpoint_subset_and_strict_errors(tmp_path):
     # A subset without the broken modules loads.
     good = {"net": {"text_encoder": {f"module.{k}": v for k, v in source.text_encoder.state_dict().items()}}}
     torch.save(good, tmp_path / "part.pth")
-    with pytest.raises(st.CheckpointMismatchError, match="module 'wd' is not in the checkpoint"):
-        st.load_checkpoint(target, tmp_path / "part.pth")
-    st.load_checkpoint(target, tmp_path / "part.pth", modules=["text_encoder"])
+    with pytest.raises(ckpt.CheckpointMismatchError, match="module 'wd' is not in the checkpoint"):
+        ckpt.load_checkpoint(target, tmp_path / "part.pth")
+    ckpt.load_checkpoint(target, tmp_path / "part.pth", modules=["text_encoder"])
     assert_same_weights(source, target, ["text_encoder"])
     assert_same_weights(before, target, ["bert_encoder", "wd"])
     with pytest.raises(FileNotFoundError):
-        st.load_checkpoint(target, tmp_path / "none.pth")
+        ckpt.load_checkpoint(target, tmp_path / "none.pth")
 
 
 def test_aux_checkpoints_load_from_official_layouts(tmp_path):
     files = aux_modules(seed=7)
     paths = write_aux_checkpoints(tmp_path, files)
     fresh = aux_modules(seed=8)
-    st.load_asr_checkpoint(fresh["asr"], paths["asr"])
-    st.load_pitch_checkpoint(fresh["pitch"], paths["pitch"])
-    st.load_plbert_checkpoint(fresh["plbert"], paths["plbert"])
+    ckpt.load_asr_checkpoint(fresh["asr"], paths["asr"])
+    ckpt.load_pitch_checkpoint(fresh["pitch"], paths["pitch"])
+    ckpt.load_plbert_checkpoint(fresh["plbert"], paths["plbert"])
     for kind in files:
         assert_same_weights(Munch(m=files[kind]), Munch(m=fresh[kind]))
-    with pytest.raises(st.CheckpointMismatchError, match="no 'model' entry"):
-        st.load_asr_checkpoint(fresh["asr"], paths["pitch"])
+    with pytest.raises(ckpt.CheckpointMismatchError, match="no 'model' entry"):
+        ckpt.load_asr_checkpoint(fresh["asr"], paths["pitch"])
     torch.save(
         {"net": {"module.encoder.embeddings.word_embeddings.weight": torch.zeros(2, 2)}}, tmp_path / "b.t7"
     )
-    with pytest.raises(st.CheckpointMismatchError, match=r"b.t7 \(PL-BERT\).*missing keys"):
-        st.load_plbert_checkpoint(fresh["plbert"], tmp_path / "b.t7")
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"b.t7 \(PL-BERT\).*missing keys"):
+        ckpt.load_plbert_checkpoint(fresh["plbert"], tmp_path / "b.t7")
 
 
 def test_load_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        st.load_config(tmp_path / "missing.yml")
+        build.load_config(tmp_path / "missing.yml")
     (tmp_path / "x.yml").write_text("a: 1\n")
     with pytest.raises(ValueError, match="model_params"):
-        st.load_config(tmp_path / "x.yml")
+        build.load_config(tmp_path / "x.yml")
     with pytest.raises(ValueError, match="unknown aux checkpoint kinds"):
-        st.build_styletts2(st.TINY_CONFIG, aux_checkpoints={"bert": "x"})
+        build.build_styletts2(build.TINY_CONFIG, aux_checkpoints={"bert": "x"})
 
 
 def test_tiny_build_smoke():
     model = tiny_model()
-    assert set(st.MODULE_NAMES) == set(model)
+    assert set(build.MODULE_NAMES) == set(model)
     for name in ("text_encoder", "decoder", "diffusion", "predictor"):
         assert name in model
-    total = sum(st.count_parameters(model).values())
+    total = sum(build.count_parameters(model).values())
     assert 95e6 < total < 110e6
-    assert isinstance(model.decoder, st.IstftnetDecoder)
-    assert isinstance(model.style_encoder, st.CheckedStyleEncoder)
+    assert isinstance(model.decoder, ds.IstftnetDecoder)
+    assert isinstance(model.style_encoder, ds.CheckedStyleEncoder)
     # Aux models came from the files the helper wrote (seed AUX_SEED), not from the build's own draw.
     expected = aux_modules(AUX_SEED)
     assert_same_weights(
@@ -228,9 +232,9 @@ def test_tiny_build_smoke():
 
 def test_layer_table_on_tiny_build():
     model = tiny_model()
-    assert set(st.generator_module_names()) <= set(model)
-    rows = st.layer_table(model)
-    assert {r.module for r in rows} == set(st.generator_module_names())
+    assert set(inventory.generator_module_names()) <= set(model)
+    rows = inventory.layer_table(model)
+    assert {r.module for r in rows} == set(inventory.generator_module_names())
     by_key = {(r.module, r.layer, r.detail): r for r in rows}
     assert by_key[("text_encoder", "LSTM", "-")].count == 1
     assert by_key[("bert_encoder", "Linear", "-")].params == 64 * 512 + 512
@@ -238,7 +242,7 @@ def test_layer_table_on_tiny_build():
     assert by_key[("decoder", "Conv1d", "k=3 s=1 d=3 g=1 wn")].count == 2
     n_linear = sum(isinstance(m, nn.Linear) for m in model.diffusion.modules())
     assert by_key[("diffusion", "Linear", "-")].count == n_linear
-    assert "decoder" in st.format_layer_table(rows)
+    assert "decoder" in inventory.format_layer_table(rows)
 
 
 @pytest.mark.slow
@@ -260,6 +264,6 @@ def test_decoder_train_mode_on_cpu():
 
 @pytest.mark.slow
 def test_list_layers_cli(capsys):
-    st.main(["--list-layers", "--config", str(st.TINY_CONFIG)])
+    inventory.main(["--list-layers", "--config", str(build.TINY_CONFIG)])
     out = capsys.readouterr().out
     assert "decoder" in out and "ConvTranspose1d" in out and "parameters per module" in out

@@ -17,8 +17,8 @@ import pytest
 from safetensors.torch import load_file
 
 from tts_bpeft.curvature import Curvature
-from tts_bpeft.styletts2.finetune import build_base, export_checkpoint, load_run
-from tts_bpeft.styletts2.synthesize import InferenceSettings, Synthesizer
+from tts_bpeft.family import Voice, family
+from tts_bpeft.runs import load_run
 
 pytestmark = pytest.mark.slow
 RECIPES = Path(__file__).parents[2] / "recipes" / "styletts2_vctk"
@@ -61,12 +61,11 @@ def workdir(tmp_path_factory, vctk_root, libritts_root):
 
 
 def test_curvature_files_fit_the_preset_model(workdir):
-    model, _ = build_base({"config": "tiny"})
-    from tts_bpeft.styletts2.presets import add_preset_lora
-
-    add_preset_lora(model, "paper")
-    kfac = Curvature.load(workdir / "curvature_kfac.safetensors", model)
-    ewc = Curvature.load(workdir / "curvature_ewc.safetensors", model)
+    styletts2 = family("styletts2")
+    model = styletts2.build({"config": "tiny"})
+    styletts2.add_preset(model, "paper")
+    kfac = Curvature.load(workdir / "curvature_kfac.safetensors", model.net)
+    ewc = Curvature.load(workdir / "curvature_ewc.safetensors", model.net)
     assert kfac.samples == ewc.samples == 2 and kfac.method == "kfac" and ewc.method == "ewc"
     summary = json.loads((workdir / "curv_kfac" / "summary.json").read_text())
     assert summary["layers"] == len(kfac.names) and summary["bytes"] > 0
@@ -94,12 +93,16 @@ def test_prior_sweep_synthesis_and_export(workdir, vctk_root):
                  f"hydra.run.dir={workdir / 'synth'}", "+inference.max_token_frames=4", cwd=workdir)
     assert "wrote 1 wav" in out.stdout and (workdir / "synth" / "synthesized" / "0000.wav").is_file()
 
-    merged = export_checkpoint(runs["kfac"], workdir / "merged.pth")
-    adapted, config, _ = load_run(runs["kfac"])
-    plain, _ = build_base({"config": "tiny", "checkpoint": str(merged)})
-    settings = InferenceSettings(max_token_frames=4)
-    a = Synthesizer.from_config(adapted, config, settings=settings)("Good morning.", reference)
-    b = Synthesizer.from_config(plain, config, settings=settings)("Good morning.", reference)
+    merged = workdir / "merged.pth"
+    out = subprocess.run([sys.executable, str(RECIPES / "export.py"), str(runs["kfac"]), str(merged)], cwd=workdir,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0 and merged.is_file(), out.stderr[-3000:]
+    styletts2 = family("styletts2")
+    adapted, _ = load_run(runs["kfac"])
+    plain = styletts2.build({"config": "tiny", "checkpoint": str(merged)})
+    settings = {"max_token_frames": 4}
+    a = styletts2.synthesizer(adapted, settings)("Good morning.", Voice.clone(reference), 0)
+    b = styletts2.synthesizer(plain, settings)("Good morning.", Voice.clone(reference), 0)
     assert a.shape == b.shape and np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
 
 

@@ -13,8 +13,8 @@ from styletts2.Utils.JDC.model import JDCNet
 from styletts2.Utils.PLBERT.util import CustomAlbert
 from transformers import AlbertConfig
 
+from tts_bpeft.styletts2.build import TINY_CONFIG, asr_params, build_styletts2, load_config, plbert_params
 from tts_bpeft.styletts2.data.dataset import TTSBatch
-from tts_bpeft.styletts2.model import TINY_CONFIG, asr_params, build_styletts2, load_config, plbert_params
 
 AUX_SEED = 123
 

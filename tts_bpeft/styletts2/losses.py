@@ -58,7 +58,7 @@ from styletts2.Modules.diffusion.sampler import ADPM2Sampler, DiffusionSampler, 
 from styletts2.utils import log_norm
 from torch import Tensor
 
-from tts_bpeft.styletts2.model import MIN_STYLE_FRAMES
+from tts_bpeft.styletts2.device_safe import MIN_STYLE_FRAMES
 
 HOP = 300
 DEFAULT_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
@@ -234,7 +234,7 @@ def check_lengths(batch: Any, i: int) -> None:
 
 
 class GeneratorObjective:
-    """The per-utterance StyleTTS 2 generator loss of a model built by ``tts_bpeft.styletts2.model``.
+    """The per-utterance StyleTTS 2 generator loss of a model built by ``tts_bpeft.styletts2.build``.
 
     Args:
         model: the 13-module ``Munch``; the caller sets train/eval mode.

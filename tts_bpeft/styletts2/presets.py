@@ -41,6 +41,11 @@ PRESETS: dict[str, list[tuple[tuple[str, ...], str]]] = {
     "all": [(("Linear", "Conv1d", "ConvTranspose1d", "LSTM"), _GENERATOR)],
 }
 
+PRESET_DESCRIPTIONS = {
+    "paper": "every Linear of bert, bert_encoder, predictor, style encoders, decoder, diffusion (Chen & Garner)",
+    "design": "text encoder Conv1d + LSTM, decoder Conv1d / ConvTranspose1d / AdaIN Linear, diffusion Linear",
+    "all": "every Linear, Conv1d, ConvTranspose1d and LSTM of the generator modules",
+}
 
 UNUSED = ("bert.pooler", "decoder.generator.m_source.l_linear")
 
@@ -75,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", help="official config.yml (default: the tiny test build)")
     parser.add_argument("--rank", type=int, default=16)
     args = parser.parse_args(argv)
-    from .model import build_styletts2, build_tiny_styletts2
+    from .build import build_styletts2, build_tiny_styletts2
 
     model = build_styletts2(args.config) if args.config else build_tiny_styletts2()
     print(preset_plan(model, args.preset, r=args.rank).format())

@@ -12,7 +12,7 @@ features expanded by a hard alignment, F0 and energy predicted, and the decoder 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,10 @@ import torch
 from munch import Munch
 from styletts2.Modules.diffusion.sampler import ADPM2Sampler, DiffusionSampler, KarrasSchedule
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ..io import write_audio
-from .curvature import utterance_seed
-from .data.audio import SAMPLE_RATE, load_audio, mel_spectrogram
-from .data.text import Phonemizer, tokenize
+from ..speech_data.audio import load_audio, mel_spectrogram
+from ..speech_data.phonemes import Phonemizer
+from .data.text import tokenize
 from .losses import seeded
 
 
@@ -131,16 +129,3 @@ class Synthesizer:
         asr = self._shift(t_en @ alignment.unsqueeze(0))
         wave = m.decoder(asr, f0, energy, acoustic)
         return wave.squeeze().float().cpu().numpy()[..., :-50]
-
-    def synthesize_all(self, jobs: Sequence[tuple[str, str | os.PathLike, str | os.PathLike]],
-                       overwrite: bool = False, progress: bool = True) -> list[Path]:
-        """Write one wav per (text, reference, output path); existing outputs are kept unless `overwrite`.
-        Each job's seed depends on its text and reference only, so a partial rerun gives the same waves."""
-        written = []
-        for text, reference, out in tqdm(jobs, desc="synthesizing", disable=not progress):
-            out = Path(out)
-            if overwrite or not out.is_file():
-                wave = self(text, reference, seed=utterance_seed(self.seed, text, Path(reference).name))
-                write_audio(out, wave, SAMPLE_RATE)
-            written.append(out)
-        return written

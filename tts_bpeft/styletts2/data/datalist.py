@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tts_bpeft.io import write_text
-from tts_bpeft.styletts2.data.records import Utterance
+from tts_bpeft.speech_data.records import Utterance
 
 
 @dataclass(frozen=True)

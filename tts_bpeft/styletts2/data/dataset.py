@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tts_bpeft.styletts2.data.audio import HOP_LENGTH, MIN_FRAMES, load_audio, mel_spectrogram
-from tts_bpeft.styletts2.data.issues import MISSING_TRANSCRIPT, BadInputError, SkipReport, handle
-from tts_bpeft.styletts2.data.records import Utterance
-from tts_bpeft.styletts2.data.text import PAD_ID, Phonemizer, tokenize
+from tts_bpeft.speech_data.audio import HOP_LENGTH, MIN_FRAMES, load_audio, mel_spectrogram
+from tts_bpeft.speech_data.issues import MISSING_TRANSCRIPT, BadInputError, SkipReport, handle
+from tts_bpeft.speech_data.phonemes import Phonemizer
+from tts_bpeft.speech_data.records import Utterance
+from tts_bpeft.styletts2.data.text import PAD_ID, tokenize
 
 logger = logging.getLogger(__name__)
 

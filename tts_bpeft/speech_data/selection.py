@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tts_bpeft.styletts2.data.records import Utterance
+from tts_bpeft.speech_data.records import Utterance
 
 
 def _permuted(utterances: Iterable[Utterance], seed: int, salt: str = "") -> list[Utterance]:

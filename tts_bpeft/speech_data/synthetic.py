@@ -37,7 +37,7 @@ import soundfile as sf
 from scipy.signal import lfilter
 
 from tts_bpeft.io import write_audio, write_text
-from tts_bpeft.styletts2.data.sentences import NUM_SENTENCES, sentence
+from tts_bpeft.speech_data.sentences import NUM_SENTENCES, sentence
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from tts_bpeft.styletts2.data.issues import EMPTY, TOO_SHORT, UNREADABLE, WRONG_CHANNELS, BadInputError
+from tts_bpeft.speech_data.issues import EMPTY, TOO_SHORT, UNREADABLE, WRONG_CHANNELS, BadInputError
 
 SAMPLE_RATE = 24000
 HOP_LENGTH = 300

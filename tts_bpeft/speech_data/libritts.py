@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tts_bpeft.styletts2.data.audio import probe_audio
-from tts_bpeft.styletts2.data.issues import (
+from tts_bpeft.speech_data.audio import probe_audio
+from tts_bpeft.speech_data.issues import (
     MISSING_AUDIO,
     MISSING_TRANSCRIPT,
     UNKNOWN_SPEAKER,
@@ -28,8 +28,8 @@ from tts_bpeft.styletts2.data.issues import (
     SkipReport,
     handle,
 )
-from tts_bpeft.styletts2.data.records import Utterance
-from tts_bpeft.styletts2.data.selection import sample_nested
+from tts_bpeft.speech_data.records import Utterance
+from tts_bpeft.speech_data.selection import sample_nested
 
 TEXT_KINDS = ("normalized", "original")
 _TSV_COLUMN = {"original": 1, "normalized": 2}  # trans.tsv columns: id, original text, normalized text
