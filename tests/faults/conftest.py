@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tts_bpeft.styletts2.data.synthetic import make_vctk
+from tts_bpeft.speech_data.synthetic import make_vctk
 
 
 @pytest.fixture(scope="session")

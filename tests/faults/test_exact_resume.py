@@ -3,6 +3,8 @@ bit-equal to an uninterrupted run, although its data loader shuffles and crops w
 killed write's temp file is removed. The loop is the shared core one (tests/core/train_script.py, CPU)."""
 
 import csv
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,24 +72,39 @@ def test_reference_crops_do_not_depend_on_the_global_rng_or_the_batch():
     assert torch.equal(alone.ref_mels[0], refs[1].mel[:, start:start + 192])  # the crop the generator drew
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
 @pytest.mark.slow
 def test_styletts2_finetuning_killed_twice_resumes_bit_exactly(tmp_path, vctk_root):
     """The recipe on the tiny build: killed before a checkpoint's rename and in the middle of another one's
-    write, resumed, the adapter equals an uninterrupted run's bit for bit."""
-    common = [f"data.vctk_root={vctk_root}", "optim.max_steps=4", "data.phoneme_cache=" + str(tmp_path / "ph.json"),
-              *FAST]
-    done = finetune(*common, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    write, resumed, the adapter equals an uninterrupted run's bit for bit. The corpus (read-only, one
+    recording damaged) is never written, the phoneme cache goes to the cache folder, and the summary counts
+    the recording the reader skipped (items 2, 4 and 5)."""
+    corpus = tmp_path / "VCTK-Corpus-0.92"
+    shutil.copytree(vctk_root, corpus)
+    next((corpus / "wav48_silence_trimmed" / "p248").glob("*_mic1.flac")).write_bytes(b"damaged")
+    for path in [corpus, *corpus.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    before = snapshot(corpus)
+    env = {"TTS_BPEFT_CACHE": str(tmp_path / "cache")}
+    common = [f"data.vctk_root={corpus}", "optim.max_steps=4", *FAST]
+    done = finetune(*common, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "killed"
     for step, mid_write in ((1, False), (3, True)):
-        killed = finetune(*common, f"hydra.run.dir={out}", cwd=tmp_path, kill_at=step, mid_write=mid_write)
+        killed = finetune(*common, f"hydra.run.dir={out}", cwd=tmp_path, kill_at=step, mid_write=mid_write, env=env)
         assert killed.returncode == -9, killed.stderr[-3000:]
         assert list(out.glob(".checkpoint.pt.*.tmp")) and not (out / "adapter").exists()
-    done = finetune(*common, f"hydra.run.dir={out}", cwd=tmp_path)
+    done = finetune(*common, f"hydra.run.dir={out}", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp")) and not (out / "run.lock").exists()
     a = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert set(a) == set(b) and any("lora_B" in k for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert snapshot(corpus) == before
+    assert (tmp_path / "cache" / "phonemes.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["skipped_files"] == 1
