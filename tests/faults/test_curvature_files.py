@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -22,20 +23,11 @@ from tts_bpeft import Curvature, LaplacePrior, add_lora, estimate_curvature
 FIX = "re-estimate"
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.Linear(3, 5)
-        self.dec = nn.Linear(5, 2)
-
-    def forward(self, x):
-        return self.dec(torch.tanh(self.enc(x)))
-
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model = add_lora(Net(), ["enc", "dec"], r=2)
+    net = nn.Sequential(OrderedDict(enc=nn.Linear(3, 5), act=nn.Tanh(), dec=nn.Linear(5, 2)))
+    model = add_lora(net, ["enc", "dec"], r=2)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
