@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.curvature import Curvature
 from tts_bpeft.eval.speaker import load_speaker_encoder
+from tts_bpeft.eval.speaker_sets import TargetSplit, build_test_sets
 from tts_bpeft.eval.systems import SystemSpec, pretrained_system, run_system
-from tts_bpeft.eval.test_sets import TargetSplit, build_test_sets
 from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 from tts_bpeft.family import DataOptions, Synthesizer, TTSModel, estimate_pretraining_curvature, family
 from tts_bpeft.io import save_json, write_text

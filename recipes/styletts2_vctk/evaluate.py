@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.eval.scoring import load_asr
 from tts_bpeft.eval.speaker import load_speaker_encoder
+from tts_bpeft.eval.speaker_sets import PAPER_TARGET_SPEAKER, TargetSplit, build_test_sets
 from tts_bpeft.eval.synthesis import family_loader
 from tts_bpeft.eval.systems import collect_systems, target_speaker
-from tts_bpeft.eval.test_sets import PAPER_TARGET_SPEAKER, TargetSplit, build_test_sets
 from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 from tts_bpeft.family import model_paths
 from tts_bpeft.runs import resolve_paths

@@ -22,9 +22,9 @@ from tts_bpeft.eval.asr import AsrBackend
 from tts_bpeft.eval.report import RESULT_COLUMNS, read_rows
 from tts_bpeft.eval.scoring import load_asr
 from tts_bpeft.eval.speaker import cosine_similarity, embed_audio, load_speaker_encoder
+from tts_bpeft.eval.speaker_sets import TargetSplit, build_test_sets
 from tts_bpeft.eval.synthesis import job_seed, plan_jobs
 from tts_bpeft.eval.systems import SystemSpec, collect_systems, pretrained_system, target_speaker
-from tts_bpeft.eval.test_sets import TargetSplit, build_test_sets
 from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 from tts_bpeft.family import Voice
 from tts_bpeft.runs import find_run_dirs

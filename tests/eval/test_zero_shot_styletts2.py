@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from omegaconf import OmegaConf
 
 from tts_bpeft.eval.report import RESULT_COLUMNS
 
@@ -23,16 +22,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _finetune_one_step(vctk_root: Path, out_dir: Path) -> Path:
+    from hydra import compose, initialize_config_dir
+
     from tts_bpeft.styletts2.finetune import finetune
 
-    cfg = OmegaConf.load(RECIPE / "conf" / "finetune.yaml")
-    cfg.pop("defaults")
-    cfg.pop("hydra")
-    cfg.prior = OmegaConf.load(RECIPE / "conf" / "prior" / "l2sp.yaml")
-    cfg.data.vctk_root = str(vctk_root)
-    cfg.data.val_utterances, cfg.data.test_utterances = 1, 2
-    cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.max_steps = 1, 1, 1
-    cfg.progress = False
+    overrides = ["prior=l2sp", f"data.vctk_root={vctk_root}", "data.val_utterances=1", "data.test_utterances=2",
+                 "optim.batch_size=1", "optim.epochs=1", "optim.max_steps=1", "progress=false"]
+    with initialize_config_dir(config_dir=str(RECIPE / "conf"), version_base="1.3"):
+        cfg = compose("finetune", overrides=overrides)
     finetune(cfg, out_dir)
     return out_dir
 

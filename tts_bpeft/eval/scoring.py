@@ -15,8 +15,8 @@ from tts_bpeft.eval.asr import SAMPLE_RATE as ASR_SAMPLE_RATE
 from tts_bpeft.eval.asr import AsrBackend, error_rates
 from tts_bpeft.eval.audio import load_mono
 from tts_bpeft.eval.speaker import SpeakerEncoder, cosine_similarity, embed_audio
+from tts_bpeft.eval.speaker_sets import SpeakerTestSet
 from tts_bpeft.eval.synthesis import SynthesisJob
-from tts_bpeft.eval.test_sets import SpeakerTestSet
 from tts_bpeft.eval.text_norm import normalize_text
 from tts_bpeft.eval.transcript_cache import TranscriptCache
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from tts_bpeft.eval.speaker_sets import SpeakerTestSet
 from tts_bpeft.eval.systems import SystemSpec, _file_stamp
-from tts_bpeft.eval.test_sets import SpeakerTestSet
 from tts_bpeft.family import Synthesizer, Voice, family
 from tts_bpeft.io import write_audio
 from tts_bpeft.runs import load_run

@@ -10,7 +10,7 @@ the demo both call them):
 
 1. `tts_bpeft.eval.systems.collect_systems` -> `SystemSpec` list (a hydra multirun folder expands to every
    run folder inside it);
-2. `tts_bpeft.eval.test_sets.build_test_sets` -> one `SpeakerTestSet` per speaker (texts, real recordings,
+2. `tts_bpeft.eval.speaker_sets.build_test_sets` -> one `SpeakerTestSet` per speaker (texts, real recordings,
    reference);
 3. `tts_bpeft.eval.synthesis.plan_jobs` -> `SynthesisJob` list; each output wav is named by a hash of the
    system's weights, the text, the reference and the synthesis settings, so a rerun finds its earlier wavs;
@@ -32,9 +32,9 @@ from tts_bpeft.eval.asr import AsrBackend
 from tts_bpeft.eval.report import aggregate, summarize, write_results
 from tts_bpeft.eval.scoring import score_jobs, similarity_references
 from tts_bpeft.eval.speaker import SpeakerEncoder
+from tts_bpeft.eval.speaker_sets import SpeakerTestSet
 from tts_bpeft.eval.synthesis import SynthesizerLoader, plan_jobs, synthesize_jobs
 from tts_bpeft.eval.systems import SystemSpec
-from tts_bpeft.eval.test_sets import SpeakerTestSet
 
 
 @dataclass
