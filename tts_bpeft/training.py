@@ -231,7 +231,6 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
             next(iterator, None)
         if skip and position["epoch_rng"] is not None:
             _set_rng_state(resumed_rng)
-            epoch_rng = position["epoch_rng"]
         accumulated, logs = 0, []
         for index, batch in enumerate(iterator, start=skip):
             if step >= total:
