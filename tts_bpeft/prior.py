@@ -173,6 +173,16 @@ def curvature_form(curvature: Curvature, name: str, damping: float = 0.0) -> Qua
     return Diagonal(sum(t["diag"] for t in terms))
 
 
+def check_strengths(lam: float, damping: float = 0.0, mu: float = 0.0,
+                    lam_per_layer: Mapping[str, float] | None = None) -> None:
+    """lam (also per layer), damping and mu are finite numbers >= 0; raises ValueError naming the bad one."""
+    for what, value in (("lam", lam), ("damping", damping), ("mu", mu),
+                        *((f"lam_per_layer[{k!r}]", v) for k, v in (lam_per_layer or {}).items())):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"prior {what} = {value!r}: must be a finite number >= 0 (a negative strength "
+                             "rewards moving away from the pre-trained weights)")
+
+
 class LaplacePrior:
     """``penalty(model) = sum_l lam_l q_l(dW_l)`` over the model's LoRA targets (see the module docstring).
 
@@ -193,8 +203,7 @@ class LaplacePrior:
         if curvature is not None and kind != PriorKind.L2SP and curvature.method != kind:
             raise ValueError(f"a {curvature.method} estimate cannot serve a {kind} prior")
         scaling = PriorScaling.parse(scaling, "scaling")
-        if damping < 0 or mu < 0:
-            raise ValueError(f"damping and mu must be >= 0, got {damping} and {mu}")
+        check_strengths(lam, damping, mu, lam_per_layer)
         if damping and kind != PriorKind.KFAC:
             raise ValueError(f"damping applies to the kfac prior only, not '{kind}'")
         if mix is not None and not (mix == "l2sp" or isinstance(mix, Curvature)):
@@ -307,6 +316,7 @@ def load_prior(model: nn.Module | Mapping[str, nn.Module], kind: str, lam: float
     if kind == "none":
         return None
     kind = PriorKind.parse(kind, "prior kind ('none' for no prior)")
+    check_strengths(lam, damping, mu, lam_per_layer)  # before reading (possibly large) curvature files
     estimate = None
     if kind != "l2sp":
         if not curvature:

@@ -3,7 +3,9 @@
     python finetune.py data.vctk_root=/data/VCTK-Corpus-0.92 prior=kfac prior.lam=1
     python finetune.py -m data.vctk_root=... prior=none,ewc,kfac prior.lam=0.3,1,3,10   # a sweep
 
-Each run lands in its own folder (hydra) with its config; rerunning a killed run resumes it.
+Each run lands in its own folder, named by a few settings and a hash of all of them (so every job of a sweep
+has its own); rerunning a killed run resumes it; a folder holding another configuration, or used by a live
+process, is refused.
 """
 
 from pathlib import Path
@@ -15,10 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.family import model_paths
 from tts_bpeft.quiet import silence_known_warnings
-from tts_bpeft.runs import resolve_paths
+from tts_bpeft.runs import register_run_name_resolver, resolve_paths
 from tts_bpeft.styletts2.finetune import finetune
 
 DATA_PATHS = ("data.vctk_root", "data.phoneme_cache", "prior.curvature")
+register_run_name_resolver()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="finetune")

@@ -6,5 +6,5 @@ from .options import CurvatureMethod, Fisher, KfacApprox, ModelMode
 from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint
 
 __all__ = ["Categorical", "Curvature", "CurvatureMethod", "Fisher", "Gaussian", "KfacApprox", "KroneckerFactors",
-           "Laplace", "LayerCurvature", "Likelihood", "ModelMode", "PerSampleDraws", "estimate_curvature", "fingerprint",
-           "layer_targets", "utterance_seed"]
+           "Laplace", "LayerCurvature", "Likelihood", "ModelMode", "PerSampleDraws", "estimate_curvature",
+           "fingerprint", "layer_targets", "utterance_seed"]
