@@ -4,9 +4,10 @@ from .conv import LoraConv1d, LoraConvTranspose1d
 from .inject import LoraPlan, PlannedLayer, add_lora, plan_lora
 from .io import adapter_state_dict, load_adapter, merged_state_dict, save_adapter
 from .lstm import LoraLSTM
+from .presets import PresetTable
 from .targets import LoraTarget, lora_targets
 
 __all__ = [
-    "LoraConv1d", "LoraConvTranspose1d", "LoraLSTM", "LoraPlan", "LoraTarget", "PlannedLayer", "add_lora",
-    "adapter_state_dict", "load_adapter", "lora_targets", "merged_state_dict", "plan_lora", "save_adapter",
+    "LoraConv1d", "LoraConvTranspose1d", "LoraLSTM", "LoraPlan", "LoraTarget", "PlannedLayer", "PresetTable",
+    "add_lora", "adapter_state_dict", "load_adapter", "lora_targets", "merged_state_dict", "plan_lora", "save_adapter",
 ]
