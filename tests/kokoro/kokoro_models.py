@@ -4,23 +4,22 @@ kokoro-onnx ships it) and a shrunken one, both with random weights, and short ut
 from __future__ import annotations
 
 import copy
-import json
-from importlib import metadata
+import warnings
 
 import pytest
 import torch
 
 from tts_bpeft.kokoro.architecture import build_kmodel
+from tts_bpeft.kokoro.offline import offline_config
 from tts_bpeft.kokoro.predict import KokoroUtterance
 
 
 def real_config() -> dict:
-    """Kokoro-82M's config.json (kokoro-onnx 0.6.1 ships it); skips the test when the package is missing."""
+    """Kokoro-82M's config.json (kokoro-onnx ships it); skips the test when the package is missing."""
     try:
-        path = metadata.distribution("kokoro-onnx").locate_file("kokoro_onnx/config.json")
-    except metadata.PackageNotFoundError:
-        pytest.skip("kokoro-onnx (Kokoro-82M's config.json) is not installed")
-    return json.loads(path.read_text())
+        return offline_config()
+    except FileNotFoundError as err:
+        pytest.skip(f"Kokoro-82M's config.json is not installed: {err}")
 
 
 def tiny_config() -> dict:
@@ -52,3 +51,21 @@ def utterances(config: dict, lengths=(9, 6, 12), seed: int = 0) -> list[KokoroUt
         tokens[1:-1] = torch.randint(1, config["n_token"], (n - 2,), generator=g)
         out.append(KokoroUtterance(f"voice{i % 2}/{i}", tokens, torch.randn(style, generator=g) * 0.5))
     return out
+
+
+# test modules import these two (autouse there): one thread on the shared cores, Kokoro's warnings quiet
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # Kokoro's old-style weight_norm
+        warnings.filterwarnings("ignore", message="dropout option adds dropout")
+        warnings.filterwarnings("ignore", message="add_lora skipped")
+        yield

@@ -1,34 +1,15 @@
 """Kokoro LoRA presets: what they select, and that every preset runs forward and backward on Kokoro's
 architecture and merges exactly (the merged plain model gives the adapted model's outputs)."""
 
-import warnings
-
 import pytest
 import torch
-from kokoro_models import kokoro_model, real_config, tiny_config, utterances
+from kokoro_models import _one_thread, _quiet, kokoro_model, real_config, tiny_config, utterances  # noqa: F401 (autouse fixtures)
 
 from tts_bpeft.curvature import Laplace
 from tts_bpeft.kokoro.predict import collate, predict
 from tts_bpeft.kokoro.presets import PRESETS, UNUSED, add_preset_lora, preset_plan
 from tts_bpeft.layers import layer_kind
 from tts_bpeft.lora import merged_state_dict
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # Kokoro's old-style weight_norm
-        warnings.filterwarnings("ignore", message="dropout option adds dropout")
-        warnings.filterwarnings("ignore", message="add_lora skipped")
-        yield
 
 
 @pytest.fixture(scope="module")
