@@ -32,7 +32,7 @@ def run_dirs(overrides: list[str]) -> tuple[str, str]:
 
 def test_every_setting_of_a_sweep_gets_its_own_folder():
     base_run, base_sub = run_dirs([])
-    assert base_run.startswith("outputs/finetune/p248/lora_kfac_lam1000.0_nNone_")  # readable, then the hash
+    assert base_run.startswith("outputs/finetune/p248/lora_kfac_lam1.0_nNone_")  # readable, then the hash
     folders = {base_run} | {run_dirs([o])[0] for o in SWEPT}
     subdirs = {base_sub} | {run_dirs([o])[1] for o in SWEPT}
     assert len(folders) == len(subdirs) == len(SWEPT) + 1

@@ -141,13 +141,18 @@ def mel_spectrogram(wave: torch.Tensor) -> torch.Tensor:
     """
     transform = _mel_transforms.get(wave.device)
     if transform is None:
-        transform = torchaudio.transforms.MelSpectrogram(
-            sample_rate=_FILTERBANK_SAMPLE_RATE,
-            n_fft=2048,
-            win_length=1200,
-            hop_length=HOP_LENGTH,
-            n_mels=N_MELS,
-        ).to(device=wave.device, dtype=torch.float32)  # float32 whatever the default dtype was at first use
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)  # the filterbank as StyleTTS 2 makes it, whatever the caller's default
+        try:
+            transform = torchaudio.transforms.MelSpectrogram(
+                sample_rate=_FILTERBANK_SAMPLE_RATE,
+                n_fft=2048,
+                win_length=1200,
+                hop_length=HOP_LENGTH,
+                n_mels=N_MELS,
+            ).to(wave.device)
+        finally:
+            torch.set_default_dtype(default)
         _mel_transforms[wave.device] = transform
     mel = transform(wave.float())
     return (torch.log(1e-5 + mel) + 4.0) / 4.0
