@@ -77,7 +77,9 @@ def test_relative_paths_are_found_from_the_working_directory_then_beside_the_con
 def test_official_keys_build_non_stock_aux_models_and_the_checkpoint_loads(release, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     styletts2 = family("styletts2")
-    aux_only = styletts2.build({"config": str(release["config"])}, seed=0).net
+    with pytest.raises(ValueError, match="no model.checkpoint given.*model.random=true"):
+        styletts2.build({"config": str(release["config"])})  # no silent random weights
+    aux_only = styletts2.build({"config": str(release["config"]), "random": True}, seed=0).net
     assert aux_only.bert.config.hidden_size == PLBERT["hidden_size"]
     assert aux_only.bert_encoder.in_features == PLBERT["hidden_size"]
     for name, kind in (("text_aligner", "asr"), ("pitch_extractor", "pitch"), ("bert", "plbert")):
@@ -100,10 +102,10 @@ def _variant(release: dict, tmp_path: Path, **changes) -> Path:
 def test_a_missing_aux_file_names_the_key_and_the_places_looked_in(release, tmp_path) -> None:
     path = _variant(release, tmp_path, F0_path="Utils/JDC/nope.t7")
     with pytest.raises(FileNotFoundError, match=r"(?s)config.yml: F0_path: 'Utils/JDC/nope.t7'.*looked in"):
-        family("styletts2").build({"config": str(path)})
+        family("styletts2").build({"config": str(path), "random": True})
     path = _variant(release, tmp_path, PLBERT_dir=None)
     with pytest.raises(ValueError, match="not \\['PLBERT_dir'\\]"):
-        family("styletts2").build({"config": str(path)})
+        family("styletts2").build({"config": str(path), "random": True})
 
 
 def test_a_mismatch_names_the_file_and_the_key_to_fix(release, tmp_path) -> None:
@@ -111,7 +113,7 @@ def test_a_mismatch_names_the_file_and_the_key_to_fix(release, tmp_path) -> None
     stock.write_text(yaml.safe_dump({"model_params": {**ASR, "hidden_dim": 64}}))
     path = _variant(release, tmp_path, ASR_config=str(stock))
     with pytest.raises(CheckpointMismatchError) as error:
-        family("styletts2").build({"config": str(path)})
+        family("styletts2").build({"config": str(path), "random": True})
     message = str(error.value)
     assert "epoch_00080.pth (ASR aligner)" in message and "shape of" in message
     assert f"{stock} (key ASR_config in {path})" in message and "ASR_path" in message

@@ -166,7 +166,10 @@ def count_parameters(model: Munch) -> dict[str, int]:
 def build_base(model_cfg: Mapping[str, Any], device: str | torch.device = "cpu", seed: int = 0
                ) -> tuple[Munch, dict[str, Any]]:
     """The pre-trained StyleTTS 2 of a run: ``model_cfg = {config: path | "tiny", checkpoint: path | None,
-    aux: {asr, pitch, plbert}: paths | None}``. Returns (model, official config dict).
+    aux: {asr, pitch, plbert}: paths | None, random: bool}``. Returns (model, official config dict).
+
+    No silent random weights: an official config without a checkpoint is refused unless ``random`` is true
+    (the ``tiny`` build is random by name: tests and the demo).
 
     An official config's ``ASR_config`` / ``ASR_path`` / ``F0_path`` / ``PLBERT_dir`` are honoured
     (`tts_bpeft.styletts2.aux_files`); ``aux`` entries replace the weight files they name. A checkpoint whose
@@ -175,6 +178,10 @@ def build_base(model_cfg: Mapping[str, Any], device: str | torch.device = "cpu",
     name = model_cfg.get("config", "tiny")
     config_path = TINY_CONFIG if name == "tiny" else Path(name)
     config = load_config(config_path)
+    if name != "tiny" and not model_cfg.get("checkpoint") and not model_cfg.get("random"):
+        raise ValueError(f"{config_path}: no model.checkpoint given, so every module but the aux models would be "
+                         "random: set model.checkpoint=<epochs_2nd_00020.pth>, or model.random=true to train random "
+                         "weights on purpose")
     official = official_aux_files(config_path, config)
     aux = {**(official.checkpoints if official else {}), **{k: v for k, v in (model_cfg.get("aux") or {}).items()
                                                             if v}}
