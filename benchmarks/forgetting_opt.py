@@ -10,7 +10,8 @@
    Fisher by default, --fisher): KFAC (expand), EWC and EKFAC, for the LoRA targets.
 4. LoRA fine-tuning (r=8 on q/v/out/fc1/fc2, 120 steps) on the news under every prior of --priors, each
    over the lam grid --lams (``scaling="relative"``, so one grid serves every prior), for each of --seeds.
-   Every run is cached as a JSON file: an interrupted benchmark resumes where it stopped.
+   Every run is cached as a JSON file (its training checkpoint beside it): an interrupted benchmark resumes
+   where it stopped.
 5. Per run: news and Wikipedia perplexity on the validation and the test splits. Per prior and budget b
    (news perplexity <= b x plain LoRA's, same seed), over seeds (mean +- sd):
    - the *front*: the lowest test Wikipedia perplexity on the piecewise-linear lam path whose test news
@@ -50,7 +51,7 @@ from tts_bpeft.selection import Trial, pick
 from tts_bpeft.text import (
     clm_likelihood,
     clm_loss,
-    finetune,
+    fit,
     lm_loader,
     load_causal_lm,
     load_tokenizer,
@@ -63,15 +64,15 @@ from tts_bpeft.text.corpora import lee_news, wikipedia_articles
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1.0, 1.02, 1.05, 1.1, 1.2, 1.3)
-# prior name -> its method, whether damped (--damping), what is mixed in (--mu)
+# prior name -> its kind, whether damped (--damping), what is mixed in (--mu)
 PRIORS = {
-    "l2sp": {"method": "l2sp"},
-    "ewc": {"method": "ewc"},
-    "kfac": {"method": "kfac"},
-    "ekfac": {"method": "ekfac"},
-    "kfac-damped": {"method": "kfac", "damped": True},
-    "kfac+l2sp": {"method": "kfac", "mix": "l2sp"},
-    "kfac+ewc": {"method": "kfac", "mix": "ewc"},
+    "l2sp": {"kind": "l2sp"},
+    "ewc": {"kind": "ewc"},
+    "kfac": {"kind": "kfac"},
+    "ekfac": {"kind": "ekfac"},
+    "kfac-damped": {"kind": "kfac", "damped": True},
+    "kfac+l2sp": {"kind": "kfac", "mix": "l2sp"},
+    "kfac+ewc": {"kind": "kfac", "mix": "ewc"},
 }
 # families: per budget the member (and lam) is chosen on the validation split
 FAMILIES = {"kfac or kfac-damped": ("kfac", "kfac-damped"), "kfac or kfac+l2sp": ("kfac", "kfac+l2sp")}
@@ -129,8 +130,8 @@ def pretrained(args, wiki_train: list[str]):
     loader = lm_loader(blocks, tokenizer.pad_token_id, args.batch, shuffle=True, seed=0)
     epochs = math.ceil(args.pretrain_steps / len(loader))
     start = time.time()
-    history = finetune(model, loader, clm_loss, lr=args.pretrain_lr, epochs=epochs, warmup_ratio=0.05,
-                       max_steps=args.pretrain_steps, weight_decay=0.01, desc="pre-train")
+    history = fit(model, loader, clm_loss, folder / "training", lr=args.pretrain_lr, epochs=epochs, warmup_ratio=0.05,
+                  max_steps=args.pretrain_steps, weight_decay=0.01)["history"]
     info = {"params": sum(p.numel() for p in model.parameters()), "blocks": len(blocks), "history": history,
             "seconds": time.time() - start}
     tokenizer.save_pretrained(str(folder))
@@ -199,8 +200,8 @@ class Bench:
         if name == "none":
             return None
         spec = PRIORS[name]
-        options = {"lam": lam, "scaling": "relative", "method": spec["method"],
-                   "curvature": self.curvatures.get(spec["method"])}
+        options = {"lam": lam, "scaling": "relative", "kind": spec["kind"],
+                   "curvature": self.curvatures.get(spec["kind"])}
         if spec.get("damped"):
             options["damping"] = self.args.damping
         if spec.get("mix"):
@@ -222,11 +223,11 @@ class Bench:
         model = add_lora(copy.deepcopy(self.base), self.args.targets, r=self.args.r, alpha=self.args.alpha)
         loader = lm_loader(self.news_blocks, self.pad, self.args.batch, shuffle=True, seed=seed)
         start = time.time()
-        history = finetune(model, loader, clm_loss, prior=self.prior(prior, lam), lr=self.args.lr,
-                           epochs=math.ceil(self.args.steps / len(loader)), max_steps=self.args.steps, seed=seed,
-                           progress=False)
+        history = fit(model, loader, clm_loss, path.with_suffix(""), prior=self.prior(prior, lam), lr=self.args.lr,
+                      epochs=math.ceil(self.args.steps / len(loader)), max_steps=self.args.steps, seed=seed,
+                      progress=False)["history"]
         row = {"prior": prior, "lam": lam, "seed": seed, **self.evaluate(model),
-               "train_loss": history[-1]["task_loss"], "seconds": time.time() - start}
+               "train_loss": history[-1]["loss"], "seconds": time.time() - start}
         save_json(row, path)
         return row
 

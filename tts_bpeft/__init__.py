@@ -4,18 +4,17 @@ The core (this package's top level, `lora`, `curvature`, `prior`, `selection`) k
 `tts_bpeft.styletts2` and `tts_bpeft.text` integrate StyleTTS 2 and OPT on top of it.
 """
 
-__version__ = "0.1.0"
-
-from .curvature import (  # noqa: E402
+from .curvature import (
     Categorical,
     Curvature,
+    CurvatureMethod,
     Gaussian,
     Laplace,
     Likelihood,
     estimate_curvature,
     layer_targets,
 )
-from .lora import (  # noqa: E402
+from .lora import (
     LoraPlan,
     LoraTarget,
     add_lora,
@@ -25,11 +24,13 @@ from .lora import (  # noqa: E402
     plan_lora,
     save_adapter,
 )
-from .prior import LaplacePrior, load_prior  # noqa: E402
-from .selection import StrengthSelection, Trial, select_strength  # noqa: E402
+from .prior import LaplacePrior, PriorKind, PriorScaling, load_prior
+from .selection import StrengthSelection, Trial, select_strength
+from .version import __version__
 
 __all__ = [
-    "Categorical", "Curvature", "Gaussian", "Laplace", "LaplacePrior", "Likelihood", "LoraPlan", "LoraTarget",
-    "StrengthSelection", "Trial", "__version__", "add_lora", "estimate_curvature", "layer_targets", "load_adapter",
-    "load_prior", "lora_targets", "merged_state_dict", "plan_lora", "save_adapter", "select_strength",
+    "Categorical", "Curvature", "CurvatureMethod", "Gaussian", "Laplace", "LaplacePrior", "Likelihood", "LoraPlan",
+    "LoraTarget", "PriorKind", "PriorScaling", "StrengthSelection", "Trial", "__version__", "add_lora",
+    "estimate_curvature", "layer_targets", "load_adapter", "load_prior", "lora_targets", "merged_state_dict",
+    "plan_lora", "save_adapter", "select_strength",
 ]

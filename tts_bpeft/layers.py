@@ -101,14 +101,6 @@ def matrix_to_weight(kind: str, matrix: Tensor, shape: torch.Size) -> Tensor:
     raise ValueError(f"unknown layer kind {kind!r}; expected one of {KINDS}")
 
 
-def weight_matrix(module: nn.Module, name: str = "weight") -> Tensor:
-    """The effective weight of a supported layer as the matrix ``(out, in_flat)``."""
-    kind = layer_kind(module)
-    if kind is None:
-        raise ValueError(unsupported_reason(module))
-    return weight_to_matrix(kind, effective_weight(module, name))
-
-
 def _one_hot_kernel(n_in: int, k: int, like: Tensor) -> Tensor:
     """E (in*k, in, k) with E[i*k + j, i, j] = 1: convolving with it copies each patch into channels."""
     eye = torch.eye(n_in * k, dtype=like.dtype, device=like.device)

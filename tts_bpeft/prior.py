@@ -5,7 +5,7 @@ Each layer's quadratic ``q(dW) = vec(dW)^T F vec(dW)`` is one of these forms (`A
 `tts_bpeft.curvature.storage`):
 
 ==========  ===================================================  ==========================================
-method      F                                                    q(dW), computed as
+kind        F                                                    q(dW), computed as
 ==========  ===================================================  ==========================================
 ``l2sp``    ``I``                                                ``s^2 sum((B^T B) * (A A^T))``      (r x r)
 ``ewc``     ``diag(d)``                                          ``sum(d * (s B A)^2)``      (d: out x in_flat)
@@ -36,7 +36,7 @@ What lam means (``scaling``):
   mean eigenvalue of the undamped curvature over all adapted weights (``sum_l tr(F_l) / sum_l numel_l``) and
   ``W0`` the base weights. With ``F = I`` this is ``sum ||dW||^2 / sum ||W0||^2``, the squared relative
   weight change; the curvature only redistributes that cost over directions (relative importance of layers
-  kept). The same lam then means the same thing for every method, layer type and model size.
+  kept). The same lam then means the same thing for every prior kind, layer type and model size.
 
 The penalty is computed in float32 even under autocast.
 """
@@ -51,11 +51,26 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from .choices import Choice
 from .curvature.storage import Curvature
 from .lora.targets import LoraTarget, lora_targets
 
-METHODS = ("l2sp", "ewc", "kfac", "ekfac")
-SCALINGS = ("package", "reference", "relative")
+
+class PriorKind(Choice):
+    """The prior's quadratic form (the module docstring's table); ``"none"`` in a config means no prior."""
+
+    L2SP = "l2sp"
+    EWC = "ewc"
+    KFAC = "kfac"
+    EKFAC = "ekfac"
+
+
+class PriorScaling(Choice):
+    """What lam means (the module docstring's list)."""
+
+    PACKAGE = "package"
+    REFERENCE = "reference"
+    RELATIVE = "relative"
 
 
 def _sandwich(term: dict[str, Tensor], key: str, X: Tensor, damping: float = 0.0) -> Tensor:
@@ -156,34 +171,32 @@ def curvature_form(curvature: Curvature, name: str, damping: float = 0.0) -> Qua
 class LaplacePrior:
     """``penalty(model) = sum_l lam_l q_l(dW_l)`` over the model's LoRA targets (see the module docstring).
 
-    `method` defaults to the curvature's method; ``"l2sp"`` needs no curvature. `damping` (KFAC) and
-    `mix` / `mu` (``mix="l2sp"`` or an EWC/KFAC `Curvature`) shape the form; `scaling` sets what lam means.
+    `kind` (a `PriorKind`) defaults to the curvature's method; ``"l2sp"`` needs no curvature. `damping`
+    (KFAC) and `mix` / `mu` (``mix="l2sp"`` or an EWC/KFAC/EKFAC `Curvature`) shape the form; `scaling` sets
+    what lam means.
     `lam_per_layer` maps name patterns (exact, dotted suffix, or full regex) to a lam that replaces the
     global `lam` for matching layers (first match wins).
     """
 
     def __init__(self, curvature: Curvature | None = None, lam: float = 1.0,
-                 lam_per_layer: Mapping[str, float] | None = None, method: str | None = None,
-                 adapter_name: str = "default", scaling: str = "relative", damping: float = 0.0,
+                 lam_per_layer: Mapping[str, float] | None = None, kind: PriorKind | str | None = None,
+                 adapter_name: str = "default", scaling: PriorScaling | str = "relative", damping: float = 0.0,
                  mix: str | Curvature | None = None, mu: float = 0.0) -> None:
-        method = method or (curvature.method if curvature is not None else None)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if method != "l2sp" and curvature is None:
-            raise ValueError(f"method {method!r} needs a curvature estimate")
-        if curvature is not None and method != "l2sp" and curvature.method != method:
-            raise ValueError(f"a {curvature.method} estimate cannot serve a {method} prior")
-        if scaling not in SCALINGS:
-            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        kind = PriorKind.parse(kind or (curvature.method if curvature is not None else None), "prior kind")
+        if kind != PriorKind.L2SP and curvature is None:
+            raise ValueError(f"prior kind '{kind}' needs a curvature estimate")
+        if curvature is not None and kind != PriorKind.L2SP and curvature.method != kind:
+            raise ValueError(f"a {curvature.method} estimate cannot serve a {kind} prior")
+        scaling = PriorScaling.parse(scaling, "scaling")
         if damping < 0 or mu < 0:
             raise ValueError(f"damping and mu must be >= 0, got {damping} and {mu}")
-        if damping and method != "kfac":
-            raise ValueError(f"damping applies to the kfac method only, not {method!r}")
+        if damping and kind != PriorKind.KFAC:
+            raise ValueError(f"damping applies to the kfac prior only, not '{kind}'")
         if mix is not None and not (mix == "l2sp" or isinstance(mix, Curvature)):
             raise ValueError(f"mix must be 'l2sp' or a Curvature estimate, got {mix!r}")
         if mu and mix is None:
             raise ValueError("mu > 0 needs a form to mix in (mix='l2sp' or a Curvature)")
-        self.curvature, self.method, self.lam = curvature, method, lam
+        self.curvature, self.kind, self.lam = curvature, kind, lam
         self.lam_per_layer = dict(lam_per_layer or {})
         self.adapter_name, self.scaling = adapter_name, scaling
         self.damping, self.mix, self.mu = damping, mix, mu
@@ -204,7 +217,7 @@ class LaplacePrior:
             targets = lora_targets(model, self.adapter_name)
             if not targets:
                 raise ValueError(f"the model has no LoRA adapter {self.adapter_name!r} to regularise")
-            for what, curvature in (("curvature", self.curvature if self.method != "l2sp" else None),
+            for what, curvature in (("curvature", self.curvature if self.kind != "l2sp" else None),
                                     ("mixed-in curvature", self.mix if isinstance(self.mix, Curvature) else None)):
                 missing = [n for n in targets if curvature is not None and n not in curvature.layers]
                 if missing:
@@ -215,7 +228,7 @@ class LaplacePrior:
     def forms(self, name: str) -> tuple[QuadraticForm, QuadraticForm | None, float]:
         """(main form, mixed-in form or None, weight of the mixed-in form) of one layer."""
         if name not in self._forms:
-            main = Isotropic() if self.method == "l2sp" else curvature_form(self.curvature, name, self.damping)
+            main = Isotropic() if self.kind == "l2sp" else curvature_form(self.curvature, name, self.damping)
             other = None
             if self.mix is not None and self.mu:
                 other = Isotropic() if self.mix == "l2sp" else curvature_form(self.mix, name)
@@ -226,7 +239,7 @@ class LaplacePrior:
         return self._forms[name]
 
     def _layer_scale(self, name: str) -> float:
-        if self.scaling == "reference" and self.method == "kfac":
+        if self.scaling == "reference" and self.kind == "kfac":
             return self.curvature.samples / self.curvature.layers[name].tokens[0]
         return 1.0
 
@@ -253,7 +266,7 @@ class LaplacePrior:
         out = {}
         normaliser = self.normaliser(model)
         for name, target in self._targets_of(model).items():
-            B, A, scale = target.factors()
+            B, A, scale = target.lora_factors()
             main, other, weight = self.forms(name)
             # autocast is switched off for the device the factors live on (a CPU model on a CUDA machine
             # runs under CPU autocast, which disabling "cuda" autocast would leave on)
@@ -282,15 +295,14 @@ def load_prior(model: nn.Module | Mapping[str, nn.Module], kind: str, lam: float
     file (EWC, KFAC or EKFAC) mixed in with weight `mu` (see the module docstring)."""
     if kind == "none":
         return None
-    if kind not in METHODS:
-        raise ValueError(f"prior kind must be 'none' or one of {METHODS}, got {kind!r}")
+    kind = PriorKind.parse(kind, "prior kind ('none' for no prior)")
     estimate = None
     if kind != "l2sp":
         if not curvature:
-            raise ValueError(f"prior {kind!r} needs a curvature file of the base model (prior.curvature)")
+            raise ValueError(f"prior '{kind}' needs a curvature file of the base model (prior.curvature)")
         estimate = Curvature.load(curvature, model, adapter_name)
         if estimate.method != kind:
-            raise ValueError(f"{curvature}: holds a {estimate.method} estimate, the prior is {kind!r}")
+            raise ValueError(f"{curvature}: holds a {estimate.method} estimate, the prior is '{kind}'")
     mixed = mix if mix in (None, "l2sp") else Curvature.load(mix, model, adapter_name)
-    return LaplacePrior(estimate, lam=float(lam), lam_per_layer=lam_per_layer, method=kind, adapter_name=adapter_name,
+    return LaplacePrior(estimate, lam=float(lam), lam_per_layer=lam_per_layer, kind=kind, adapter_name=adapter_name,
                         scaling=scaling, damping=float(damping), mix=mixed, mu=float(mu))

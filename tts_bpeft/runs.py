@@ -141,8 +141,10 @@ def find_run_dirs(path: str | os.PathLike) -> list[Path]:
 def save_result(run: Run, model: TTSModel, trainable: Mapping[str, Tensor]) -> Path:
     """Write the run's result: the adapter of ``model`` for a LoRA run, else the ``trainable`` parameters
     (by ``"<module>.<parameter>"`` name). Returns its path."""
-    if run.system == "lora":
-        return save_adapter(model.net, run.result)
+    if run.system == "lora":  # the adapter names its base: the checkpoint (else the config) it was built from
+        base = next((v for v in (model.settings.get("checkpoint"), model.settings.get("config")) if isinstance(v, str)),
+                    model.family)
+        return save_adapter(model.net, run.result, base_model_name_or_path=base)
     return save_safetensors(dict(trainable), run.result)
 
 

@@ -1,4 +1,4 @@
-"""Estimate the pre-training curvature (KFAC / EWC) of an OPT model on causal-LM text.
+"""Estimate the pre-training curvature (KFAC / EWC / EKFAC) of an OPT model on causal-LM text.
 
     python recipes/opt_glue/estimate_curvature.py model=facebook/opt-350m method=kfac
     python recipes/opt_glue/estimate_curvature.py model=tiny/model data.files=[tiny/wiki.jsonl] \
@@ -9,18 +9,15 @@ One document = one sample: its first ``data.block_size`` tokens, per-sample loss
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-sys.path.append(str(Path(__file__).resolve().parent))  # for opt_common
-from opt_common import documents, finish, log, model_path, path  # noqa: E402
-
-from tts_bpeft import estimate_curvature  # noqa: E402
-from tts_bpeft.text import clm_likelihood, document_blocks, lm_loader, load_causal_lm, load_tokenizer  # noqa: E402
+from tts_bpeft import estimate_curvature
+from tts_bpeft.text import clm_likelihood, document_blocks, lm_loader, load_causal_lm, load_tokenizer
+from tts_bpeft.text.recipe import documents, finish, log, model_path, path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -34,7 +31,7 @@ def run(cfg: DictConfig) -> dict:
     source = cfg.data.files if cfg.data.files else f"{cfg.data.hub}/{cfg.data.hub_name}:{cfg.data.split}"
     curvature = estimate_curvature(
         model, lm_loader(blocks, tokenizer.pad_token_id, cfg.batch_size), clm_likelihood, method=cfg.method,
-        fisher=cfg.fisher, kfac_approx=cfg.kfac_approx, targets=list(cfg.targets), mc_samples=cfg.mc_samples,
+        fisher=cfg.fisher, kfac_approx=cfg.kfac_approx, targets=list(cfg.lora.targets), mc_samples=cfg.mc_samples,
         mode=cfg.mode, seed=cfg.seed,
         description=f"{cfg.model}; {len(blocks)} documents of {source}; block {cfg.data.block_size}")
     out = Path(path(cfg.output))

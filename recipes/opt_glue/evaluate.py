@@ -1,7 +1,7 @@
 """Evaluate an OPT adapter: task accuracy or target perplexity, and forgetting on pre-training text.
 
-    python recipes/opt_glue/evaluate.py kind=glue task=sst2 adapter=runs/opt_glue/sst2_kfac/adapter
-    python recipes/opt_glue/evaluate.py model=tiny/model kind=glue task=sst2 adapter=tiny/run/adapter \
+    python recipes/opt_glue/evaluate.py task_type=glue task=sst2 adapter=runs/opt_glue/sst2_kfac/adapter
+    python recipes/opt_glue/evaluate.py model=tiny/model task_type=glue task=sst2 adapter=tiny/run/adapter \
         glue.file=tiny/sst2_dev.tsv forgetting.files=[tiny/wiki_heldout.jsonl] forgetting.skip_documents=0 \
         forgetting.block_size=64
 
@@ -12,7 +12,6 @@ pre-trained LM head; ``adapter=null`` gives the pre-trained baseline.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -20,10 +19,7 @@ import torch
 from omegaconf import DictConfig
 from peft import PeftModel
 
-sys.path.append(str(Path(__file__).resolve().parent))  # for opt_common
-from opt_common import documents, finish, log, model_path, path  # noqa: E402
-
-from tts_bpeft.text import (  # noqa: E402
+from tts_bpeft.text import (
     GLUE_TASKS,
     accuracy,
     causal_lm_with_backbone,
@@ -38,17 +34,19 @@ from tts_bpeft.text import (  # noqa: E402
     packed_blocks,
     perplexity,
 )
+from tts_bpeft.text.recipe import TaskType, documents, finish, log, model_path, path
 
 
 def run(cfg: DictConfig) -> dict:
     """Compute the metrics and write them (JSON); returns the record."""
+    task_type = TaskType.parse(cfg.task_type, "task_type")
     torch.manual_seed(0)
     tokenizer = load_tokenizer(model_path(cfg.tokenizer))
     pad = tokenizer.pad_token_id
     adapter = path(cfg.adapter)
-    metrics: dict = {"adapter": adapter, "kind": cfg.kind}
+    metrics: dict = {"adapter": adapter, "task_type": str(task_type)}
     base_lm = load_causal_lm(model_path(cfg.model))
-    if cfg.kind == "glue":
+    if task_type == TaskType.GLUE:
         lm = base_lm
         if adapter is not None:
             task = GLUE_TASKS[cfg.task]
@@ -59,13 +57,11 @@ def run(cfg: DictConfig) -> dict:
                                            cfg.glue.batch_size)
             metrics.update({f"task_{k}": v for k, v in accuracy(classifier, loader).items()})
             lm = causal_lm_with_backbone(classifier, base_lm)
-    elif cfg.kind == "clm":
+    else:
         lm = base_lm if adapter is None else PeftModel.from_pretrained(base_lm, adapter).eval()
         target = packed_blocks(tokenizer, documents(cfg.target), cfg.target.block_size)
         metrics.update({f"target_{k}": v for k, v in
                         perplexity(lm, lm_loader(target, pad, cfg.target.batch_size), desc="target").items()})
-    else:
-        raise ValueError(f"kind must be 'glue' or 'clm', got {cfg.kind!r}")
     held = documents(cfg.forgetting, max_documents=cfg.forgetting.num_documents,
                      skip_documents=cfg.forgetting.skip_documents)
     blocks = document_blocks(tokenizer, held, cfg.forgetting.block_size)

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of OPT on a GLUE task (SST-2, QQP, QNLI, MNLI) with a Laplace prior.
 
-    python recipes/opt_glue/finetune_glue.py task=sst2 prior.method=kfac prior.lam=1e5
+    python recipes/opt_glue/finetune_glue.py task=sst2 prior.kind=kfac prior.lam=1e5
     python recipes/opt_glue/finetune_glue.py model=tiny/model task=sst2 data.train_file=tiny/sst2_train.tsv \
         data.validation_file=tiny/sst2_dev.tsv prior.curvature=tiny/curvature_kfac.safetensors train.batch_size=8
 
@@ -9,28 +9,24 @@ Writes ``<output_dir>/adapter`` (``PeftModel.save_pretrained``: LoRA + the ``sco
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-sys.path.append(str(Path(__file__).resolve().parent))  # for opt_common
-from opt_common import build_prior, finish, log, model_path, path  # noqa: E402
-
-from tts_bpeft.text import (  # noqa: E402
+from tts_bpeft.text import (
     GLUE_TASKS,
     accuracy,
     add_lora_with_head,
     classification_loader,
     classification_loss,
     encode_examples,
-    finetune,
     load_classifier,
     load_glue,
     load_tokenizer,
 )
+from tts_bpeft.text.recipe import build_prior, finish, fit_and_save, log, model_path, path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -48,19 +44,10 @@ def run(cfg: DictConfig) -> dict:
                                          cfg.train.batch_size, shuffle=True, seed=cfg.seed)
     dev_loader = classification_loader(encode_examples(tokenizer, dev, cfg.data.max_length), pad,
                                        cfg.train.eval_batch_size)
-    log.info("%s: %d train / %d validation examples, prior %s", cfg.task, len(train), len(dev), cfg.prior.method)
-    history = finetune(model, train_loader, classification_loss, prior=prior, lr=cfg.train.lr,
-                       epochs=cfg.train.epochs, weight_decay=cfg.train.weight_decay,
-                       warmup_ratio=cfg.train.warmup_ratio, max_grad_norm=cfg.train.max_grad_norm,
-                       max_steps=cfg.train.max_steps, seed=cfg.seed, desc=f"{cfg.task} ({cfg.prior.method})",
-                       on_epoch_end=lambda epoch: {"validation_accuracy": accuracy(model, dev_loader)["accuracy"]})
-    out = Path(path(cfg.output_dir))
-    model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
-    metrics = {**accuracy(model, dev_loader), "history": history, "adapter": str(out / "adapter")}
-    if prior is not None:
-        metrics["penalty"] = float(prior.penalty(model).detach())
-    return finish(cfg, out, metrics, "finetune")
+    log.info("%s: %d train / %d validation examples, prior %s", cfg.task, len(train), len(dev), cfg.prior.kind)
+    metrics = fit_and_save(cfg, model, tokenizer, train_loader, classification_loss, prior,
+                           lambda: accuracy(model, dev_loader), "accuracy")
+    return finish(cfg, Path(path(cfg.output_dir)), metrics, "finetune")
 
 
 @hydra.main(config_path="conf", config_name="finetune_glue", version_base="1.3")

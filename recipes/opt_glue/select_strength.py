@@ -1,6 +1,6 @@
 """Choose the prior's lam (and mu) for a tolerance on validation data, instead of guessing it.
 
-    python recipes/opt_glue/select_strength.py prior.method=kfac selection.second=damping \
+    python recipes/opt_glue/select_strength.py prior.kind=kfac selection.second=damping \
         'selection.mus=[0.0,0.3]' data.hub_name=wikitext-2-raw-v1 heldout.files=[wiki_heldout.jsonl]
 
 Each trial is one run of ``finetune_clm.py`` (same config) in ``<output_dir>/lam<lam>_mu<value>``: its
@@ -14,26 +14,15 @@ Writes ``trials.json`` (resumable: a rerun refits nothing), ``selection.md`` (th
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.append(str(Path(__file__).resolve().parent))  # for opt_common
-from opt_common import finish, log, path  # noqa: E402
-
-from tts_bpeft.io import write_text  # noqa: E402
-from tts_bpeft.selection import select_strength  # noqa: E402
-
-
-def _finetune_clm():
-    spec = importlib.util.spec_from_file_location("opt_glue_finetune_clm", Path(__file__).parent / "finetune_clm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tts_bpeft.io import write_text
+from tts_bpeft.selection import select_strength
+from tts_bpeft.text.recipe import finetune_clm, finish, log, path
 
 
 def trial_dir(out: Path, lam: float, mu: float) -> Path:
@@ -45,15 +34,14 @@ def run(cfg: DictConfig) -> dict:
     if not (cfg.heldout.get("files") or cfg.heldout.get("hub")):
         raise ValueError("select_strength needs held-out pre-training text for the forgetting metric: "
                          "heldout.files=[...] (or heldout.hub)")
-    finetune_clm = _finetune_clm()
     out = Path(path(cfg.output_dir))
 
     def fit(lam: float, mu: float) -> tuple[float, float]:
         trial = OmegaConf.to_container(cfg, resolve=True)
         trial["prior"].update({"lam": lam, cfg.selection.second: mu,
-                               "method": trial["prior"]["method"] if lam else "none"})
+                               "kind": trial["prior"]["kind"] if lam else "none"})
         trial["output_dir"] = str(trial_dir(out, lam, mu))
-        metrics = finetune_clm.run(OmegaConf.create(trial))["metrics"]
+        metrics = finetune_clm(OmegaConf.create(trial))["metrics"]
         return metrics["perplexity"], metrics["heldout_perplexity"]
 
     s = cfg.selection

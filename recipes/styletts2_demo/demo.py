@@ -176,7 +176,7 @@ def plain_quadratic(plain_run: Path, prior: str, curvature: Path | None) -> floa
     """q(dW) of a prior (lam = 1) at the adapter of the plain-LoRA run."""
     model, _ = load_run(plain_run)
     curv = Curvature.load(curvature, model.net) if curvature else None
-    return LaplacePrior(curv, lam=1.0, method=prior, scaling="package").penalty(model.net).item()
+    return LaplacePrior(curv, lam=1.0, kind=prior, scaling="package").penalty(model.net).item()
 
 
 def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: dict[str, Path],

@@ -61,8 +61,8 @@ def test_two_processes_equal_one(tmp_path):
             assert pooled.names == single.names
             for name in single.names:
                 assert pooled.layers[name].tokens == single.layers[name].tokens
-                for key, value in single.factors(name).items():
-                    torch.testing.assert_close(pooled.factors(name)[key], value, rtol=1e-6, atol=1e-7)
+                for key, value in single.term(name).items():
+                    torch.testing.assert_close(pooled.term(name)[key], value, rtol=1e-6, atol=1e-7)
 
 
 def test_one_process_group_goes_through_the_all_reduce_unchanged(tmp_path):
@@ -77,7 +77,7 @@ def test_one_process_group_goes_through_the_all_reduce_unchanged(tmp_path):
             assert pooled.samples == local.samples == 10
             for name in local.names:
                 assert pooled.layers[name].tokens == local.layers[name].tokens
-                for key, value in local.factors(name).items():
-                    torch.testing.assert_close(pooled.factors(name)[key], value, rtol=1e-6, atol=1e-7)
+                for key, value in local.term(name).items():
+                    torch.testing.assert_close(pooled.term(name)[key], value, rtol=1e-6, atol=1e-7)
     finally:
         dist.destroy_process_group()

@@ -22,10 +22,10 @@ def test_ekfac_scales_are_second_moments_of_rotated_per_sample_gradients():
     p = LinearOnSequences()
     ekfac = estimate_curvature(p.model, p.batches, p.loss_fn, method="ekfac", targets=["lin"], progress=False)
     kfac = estimate_curvature(p.model, p.batches, p.loss_fn, method="kfac", targets=["lin"], progress=False)
-    term = ekfac.factors("lin")
+    term = ekfac.term("lin")
     Q_A, Q_G = term["A_basis"].double(), term["G_basis"].double()
     # the bases diagonalise the KFAC factors
-    for Q, M in ((Q_A, kfac.factors("lin")["A"]), (Q_G, kfac.factors("lin")["G"])):
+    for Q, M in ((Q_A, kfac.kronecker_factors("lin").input_cov), (Q_G, kfac.kronecker_factors("lin").grad_cov)):
         torch.testing.assert_close(Q.T @ Q, torch.eye(Q.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)
         rotated = Q.T @ M.double() @ Q
         assert (rotated - torch.diag(torch.diagonal(rotated))).abs().max() < 1e-5 * M.abs().max()
@@ -41,7 +41,7 @@ def test_ekfac_trace_equals_the_ewc_trace_on_every_layer_type():
     ekfac = estimate_curvature(model, batches, squared_error_loss, method="ekfac", progress=False)
     assert ekfac.names == NAMES
     for name in NAMES:
-        scales, diag = ekfac.factors(name)["scales"].double(), ewc.factors(name)["diag"].double()
+        scales, diag = ekfac.term(name)["scales"].double(), ewc.term(name)["diag"].double()
         torch.testing.assert_close(scales.sum(), diag.sum(), rtol=1e-4, atol=0)
         assert not torch.allclose(scales, diag)  # a different basis, the same trace
 
@@ -52,13 +52,13 @@ def test_ekfac_file_round_trip_pooling_and_weighted_sum(tmp_path):
     path = ekfac.save(tmp_path / "ekfac.safetensors")
     loaded = Curvature.load(path, model)
     for name in NAMES:
-        for key, value in ekfac.factors(name).items():
-            torch.testing.assert_close(loaded.factors(name)[key], value)
+        for key, value in ekfac.term(name).items():
+            torch.testing.assert_close(loaded.term(name)[key], value)
     with pytest.raises(ValueError, match="EKFAC estimates cannot be pooled"):
         ekfac + loaded
     double = Curvature.weighted_sum([ekfac, loaded], [0.5, 1.5])
     assert len(double.terms("lin")) == 2
-    torch.testing.assert_close(double.terms("lin")[1]["scales"], 1.5 * ekfac.factors("lin")["scales"])
+    torch.testing.assert_close(double.terms("lin")[1]["scales"], 1.5 * ekfac.term("lin")["scales"])
     with pytest.raises(TypeError, match="passes over the data twice"):
         estimate_curvature(model, iter(batches), squared_error_loss, method="ekfac", progress=False)
 

@@ -17,7 +17,7 @@ from tts_bpeft import Categorical, Curvature, Gaussian, Laplace, add_lora, estim
 def assert_same(c1: Curvature, c2: Curvature, tol: float = 1e-5) -> None:
     assert c1.names == c2.names
     for name in c1.names:
-        f1, f2 = c1.factors(name), c2.factors(name)
+        f1, f2 = c1.term(name), c2.term(name)
         assert set(f1) == set(f2)
         for key in f1:
             torch.testing.assert_close(f1[key], f2[key], rtol=tol, atol=tol * 1e-2)
@@ -150,12 +150,14 @@ def test_mc_fisher_approaches_the_expectation(case):
     assert curv.mc_samples == draws and curv.fisher == "mc"
     emp = estimate_curvature(model, [(x, y)], loss_fn, targets=["l1", "l2"], progress=False)
     for name in ("l1", "l2"):
-        G = curv.factors(name)["G"].double()
+        G = curv.kronecker_factors(name).grad_cov.double()
         err = (G - expected[name]).norm() / expected[name].norm()
         assert err < 0.06, (name, err)  # 16,000 draws: MC error ~1-2%; a wrong scale (x2, /D) fails
         if case.startswith("gaussian"):  # the empirical Fisher on these targets is another matrix: teeth
-            assert (emp.factors(name)["G"].double() - expected[name]).norm() / expected[name].norm() > 0.15
-        torch.testing.assert_close(curv.factors(name)["A"], emp.factors(name)["A"])  # A counted once per call
+            G_emp = emp.kronecker_factors(name).grad_cov.double()
+            assert (G_emp - expected[name]).norm() / expected[name].norm() > 0.15
+        # the input covariance is counted once per call, whatever the draws
+        torch.testing.assert_close(curv.kronecker_factors(name).input_cov, emp.kronecker_factors(name).input_cov)
 
 
 def test_mc_fisher_is_reproducible_with_a_seed():
@@ -170,8 +172,8 @@ def test_mc_fisher_is_reproducible_with_a_seed():
     c1 = estimate_curvature(model, [(x, y)], loss_fn, seed=5, **kw)
     c2 = estimate_curvature(model, [(x, y)], loss_fn, seed=5, **kw)
     c3 = estimate_curvature(model, [(x, y)], loss_fn, seed=6, **kw)
-    assert torch.equal(c1.factors("l2")["G"], c2.factors("l2")["G"])
-    assert not torch.equal(c1.factors("l2")["G"], c3.factors("l2")["G"])
+    assert torch.equal(c1.kronecker_factors("l2").grad_cov, c2.kronecker_factors("l2").grad_cov)
+    assert not torch.equal(c1.kronecker_factors("l2").grad_cov, c3.kronecker_factors("l2").grad_cov)
 
 
 def test_mc_fisher_with_plain_tensor_loss_is_a_type_error():
@@ -198,7 +200,9 @@ def test_sum_of_estimates_equals_one_estimate_over_all_batches(method):
     assert_same(pooled, whole)
     if method == "kfac":
         assert pooled.layers["lin"].tokens == whole.layers["lin"].tokens
-        assert not torch.allclose(c1.factors("lin")["A"], whole.factors("lin")["A"], rtol=1e-3)  # not trivial
+        # not trivial
+        assert not torch.allclose(c1.kronecker_factors("lin").input_cov, whole.kronecker_factors("lin").input_cov,
+                                  rtol=1e-3)
 
 
 def test_weighted_sum_semantics():
@@ -211,18 +215,18 @@ def test_weighted_sum_semantics():
     s = Curvature.weighted_sum([k1, k2], [0.25, 3.0])
     terms = s.terms("lin")
     assert len(terms) == 2 and s.samples == 8
-    torch.testing.assert_close(terms[0]["A"], k1.factors("lin")["A"])
-    torch.testing.assert_close(terms[0]["G"], 0.25 * k1.factors("lin")["G"])
-    torch.testing.assert_close(terms[1]["G"], 3.0 * k2.factors("lin")["G"])
+    torch.testing.assert_close(terms[0]["A"], k1.kronecker_factors("lin").input_cov)
+    torch.testing.assert_close(terms[0]["G"], 0.25 * k1.kronecker_factors("lin").grad_cov)
+    torch.testing.assert_close(terms[1]["G"], 3.0 * k2.kronecker_factors("lin").grad_cov)
     with pytest.raises(ValueError, match="Kronecker terms"):
-        s.factors("lin")
+        s.term("lin")
     with pytest.raises(ValueError, match="single-term"):
         _ = s + s
     e1 = estimate_curvature(model, [(x[:4], y[:4], lengths[:4])], _seq_loss, method="ewc", **kw)
     e2 = estimate_curvature(model, [(x[4:], y[4:], lengths[4:])], _seq_loss, method="ewc", **kw)
     es = Curvature.weighted_sum([e1, e2], [0.25, 3.0])
-    torch.testing.assert_close(es.factors("lin")["diag"], 0.25 * e1.factors("lin")["diag"]
-                               + 3.0 * e2.factors("lin")["diag"])
+    torch.testing.assert_close(es.term("lin")["diag"], 0.25 * e1.term("lin")["diag"]
+                               + 3.0 * e2.term("lin")["diag"])
     with pytest.raises(ValueError, match="one method"):
         Curvature.weighted_sum([k1, e1], [1.0, 1.0])
     with pytest.raises(ValueError, match="as many weights"):

@@ -58,7 +58,7 @@ def test_ewc_linear_on_sequences():
     p = LinearOnSequences()
     ours = estimate_curvature(p.model, p.batches, p.loss_fn, method="ewc", targets=["lin"], progress=False)
     diag, grads = p.per_sample()
-    assert_close(ours.factors("lin")["diag"], diag)
+    assert_close(ours.term("lin")["diag"], diag)
     # the squared *mini-batch* gradient is a different (smaller) quantity: the test can tell them apart
     batch_sq = (grads.mean(0).double() ** 2)
     assert (diag - batch_sq).abs().max() > 1e-2
@@ -84,7 +84,7 @@ def test_ewc_conv1d_weight_normed_dilated_strided():
         return ((torch.tanh(out) - y) ** 2).sum()
 
     diag, _ = per_sample_diag(loss_one, W, x, y)
-    assert_close(ours.factors("conv")["diag"], diag.reshape(4, -1))  # (out, in*k), index i*k + j
+    assert_close(ours.term("conv")["diag"], diag.reshape(4, -1))  # (out, in*k), index i*k + j
 
 
 def test_ewc_conv_transpose1d():
@@ -105,7 +105,7 @@ def test_ewc_conv_transpose1d():
 
     diag, _ = per_sample_diag(loss_one, conv.weight.detach(), x, y)  # (in, out, k)
     expected = torch.stack([diag[:, o, :].reshape(-1) for o in range(4)])  # matrix view [o, i*k + j]
-    assert_close(ours.factors("conv")["diag"], expected)
+    assert_close(ours.term("conv")["diag"], expected)
 
 
 def test_ewc_lstm_weights():
@@ -132,7 +132,7 @@ def test_ewc_lstm_weights():
         per = [grad(loss_one)(weights, x[n:n + 1], y[n:n + 1]) for n in range(5)]
         grads = {k: torch.stack([p[k] for p in per]) for k in weights}
     for k in weights:
-        assert_close(ours.factors(f"lstm.{k}")["diag"], (grads[k].double() ** 2).mean(0))
+        assert_close(ours.term(f"lstm.{k}")["diag"], (grads[k].double() ** 2).mean(0))
 
 
 def test_ewc_and_reduce_kfac_on_a_flattened_batch_equal_the_batched_layer():
@@ -153,6 +153,6 @@ def test_ewc_and_reduce_kfac_on_a_flattened_batch_equal_the_batched_layer():
                                   **kwargs)
         got = estimate_curvature(p.model, p.batches, flattened, method=method, targets=["lin"], progress=False,
                                  **kwargs)
-        assert_close(got.factors("lin")[key], want.factors("lin")[key])
+        assert_close(got.term("lin")[key], want.term("lin")[key])
     with pytest.raises(ValueError, match="'lin' saw a leading dimension of 7 but the batch has 4 samples"):
         estimate_curvature(p.model, p.batches, time_major, method="ewc", targets=["lin"], progress=False)

@@ -101,8 +101,8 @@ def test_linear_factors_match_curvlinops(approx, reduction):
     op.compute_kronecker_factors()
     g_scale = 1 / N if reduction == "sum" else T
     for name in ("l1", "l2"):
-        close(ours.factors(name)["A"], op._input_covariances["net." + name])
-        close(ours.factors(name)["G"], op._gradient_covariances["net." + name] * g_scale)
+        close(ours.kronecker_factors(name).input_cov, op._input_covariances["net." + name])
+        close(ours.kronecker_factors(name).grad_cov, op._gradient_covariances["net." + name] * g_scale)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,8 +139,8 @@ def test_conv1d_factors_match_explicit_unfold(approx):
     y = y.detach().requires_grad_()
     g, = torch.autograd.grad(((torch.tanh(y) - tgt) ** 2).sum(), y)
     A, G = _kfac_reference(a, g.transpose(1, 2), 5, approx)
-    close(ours.factors("conv")["A"], A)
-    close(ours.factors("conv")["G"], G)
+    close(ours.kronecker_factors("conv").input_cov, A)
+    close(ours.kronecker_factors("conv").grad_cov, G)
 
 
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
@@ -165,8 +165,8 @@ def test_conv_transpose1d_factors_match_dense_map(approx):
     y = y.detach().requires_grad_()
     g, = torch.autograd.grad(((torch.tanh(y) - tgt) ** 2).sum(), y)
     A, G = _kfac_reference(a, g.transpose(1, 2), 5, approx)
-    close(ours.factors("conv")["A"], A)
-    close(ours.factors("conv")["G"], G)
+    close(ours.kronecker_factors("conv").input_cov, A)
+    close(ours.kronecker_factors("conv").grad_cov, G)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,10 +193,10 @@ def test_lstm_factors_match_gate_gradients(approx):
     g = torch.stack(grads, 1)
     A_ih, G = _kfac_reference(x, g, 5, approx)
     A_hh, _ = _kfac_reference(torch.stack(prev, 1).detach(), g, 5, approx)
-    close(ours.factors("lstm.weight_ih_l0")["A"], A_ih)
-    close(ours.factors("lstm.weight_hh_l0")["A"], A_hh)
-    close(ours.factors("lstm.weight_ih_l0")["G"], G)
-    close(ours.factors("lstm.weight_hh_l0")["G"], G)
+    close(ours.kronecker_factors("lstm.weight_ih_l0").input_cov, A_ih)
+    close(ours.kronecker_factors("lstm.weight_hh_l0").input_cov, A_hh)
+    close(ours.kronecker_factors("lstm.weight_ih_l0").grad_cov, G)
+    close(ours.kronecker_factors("lstm.weight_hh_l0").grad_cov, G)
 
 
 def test_lora_targets_measure_the_base_weights_with_adapters_off():
@@ -215,5 +215,5 @@ def test_lora_targets_measure_the_base_weights_with_adapters_off():
             t.layer.lora_B["default"].weight.normal_()
     got = estimate_curvature(model, [(X, Y)], loss_fn, progress=False)
     for name in ("l1", "l2"):
-        close(got.factors(name)["A"], ref.factors(name)["A"])
-        close(got.factors(name)["G"], ref.factors(name)["G"])
+        close(got.kronecker_factors(name).input_cov, ref.kronecker_factors(name).input_cov)
+        close(got.kronecker_factors(name).grad_cov, ref.kronecker_factors(name).grad_cov)

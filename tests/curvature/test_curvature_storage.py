@@ -71,8 +71,8 @@ def test_bfloat16_storage_loads_as_float32_close_to_the_original(setup, tmp_path
     assert all(v.dtype == torch.bfloat16 for v in raw.values())
     loaded = Curvature.load(path)
     for name in kfac.names:
-        for key, value in kfac.factors(name).items():
-            got = loaded.factors(name)[key]
+        for key, value in kfac.term(name).items():
+            got = loaded.term(name)[key]
             assert got.dtype == torch.float32
             torch.testing.assert_close(got, value, rtol=1e-2, atol=1e-2 * value.abs().max().item())
             assert not torch.equal(got, value)  # it really went through bf16

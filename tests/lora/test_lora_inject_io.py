@@ -163,7 +163,7 @@ def test_rank_and_alpha_patterns():
         assert layer.r["default"] == r and layer.lora_alpha["default"] == alpha
         assert layer.scaling["default"] == pytest.approx(alpha / r)
     targets = lora_targets(nets)
-    B, A, scale = targets["predictor.lstm.weight_hh_l0"].factors()
+    B, A, scale = targets["predictor.lstm.weight_hh_l0"].lora_factors()
     assert B.shape == (16, 5) and A.shape == (5, 4) and scale == pytest.approx(8 / 5)
     assert lora_param_count(nn.ModuleDict(dict(nets))) == sum(x.lora_params for x in plan.selected)
 
@@ -209,7 +209,7 @@ def test_same_adapter_twice_refused_second_adapter_works():
     randomize_lora_B(model)
     first, second = lora_targets(nets), lora_targets(nets, "second")
     assert list(first) == list(second) and len(first) == 7
-    assert all(t.factors()[0].shape[1] == 3 for t in second.values())
+    assert all(t.lora_factors()[0].shape[1] == 3 for t in second.values())
     # both adapters active: every layer computes with W + dW_default + dW_second
     layers = list({id(t.layer): t.layer for t in first.values()}.values())
     with torch.no_grad():
@@ -310,7 +310,7 @@ def test_opt_peft_model_round_trip(tmp_path):
     expected = [f"model.decoder.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
     assert sorted(targets) == expected
     assert not any(k.startswith("base_model") for k in targets)
-    assert all(t.kind == "linear" and t.factors()[0].shape == (16, 4) for t in targets.values())
+    assert all(t.kind == "linear" and t.lora_factors()[0].shape == (16, 4) for t in targets.values())
     assert lora_param_count(peft_model) == sum(p.lora_params for p in plan.selected) == 4 * 4 * (16 + 16)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_" in n for n in trainable)
@@ -349,7 +349,7 @@ def test_docs_examples_run():
     """The code blocks of docs/lora.md run as written, check their own asserts, and print what they show."""
     text = (Path(__file__).parents[2] / "docs" / "lora.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for block in blocks:
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout), warnings.catch_warnings():

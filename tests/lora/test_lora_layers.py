@@ -287,6 +287,23 @@ def test_merge_unmerge_and_merged_state_dict(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_safe_merge_refuses_a_broken_adapter_and_leaves_the_base_alone(case):
+    model, _ = build(case)
+    adapt(model)
+    layer = model.layer
+    with torch.no_grad():
+        next(p for n, p in layer.named_parameters() if "lora_B" in n).view(-1)[0] = float("nan")
+    before = {n: p.detach().clone() for n, p in layer.get_base_layer().named_parameters()}
+    with pytest.raises(ValueError, match="non-finite|NaNs detected"):  # ours | peft's Linear
+        layer.merge(safe_merge=True)
+    assert not layer.merged
+    for n, p in layer.get_base_layer().named_parameters():
+        assert torch.equal(p, before[n]), n
+    layer.merge()  # unsafe: merged as asked, NaN included
+    assert layer.merged and any(not torch.isfinite(p).all() for p in layer.get_base_layer().parameters())
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_factors_and_matrix_view(case):
     model, ref = build(case)
     adapt(model, r=3, alpha=6)
@@ -300,7 +317,7 @@ def test_factors_and_matrix_view(case):
         assert list(targets) == ["layer"]
     for t in targets.values():
         assert t.kind == case.kind
-        B, A, scale = t.factors()
+        B, A, scale = t.lora_factors()
         assert scale == 2.0
         if case.kind == "lstm":
             expected = getattr(layer, t.param)

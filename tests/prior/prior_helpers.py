@@ -1,4 +1,4 @@
-"""A model with every adapted layer type, its KFAC/EWC curvature, and the dense-form comparison (prior tests)."""
+"""A model with every adapted layer type, its KFAC/EWC/EKFAC curvature, and the dense-form comparison (prior tests)."""
 
 from __future__ import annotations
 

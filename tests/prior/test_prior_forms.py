@@ -38,7 +38,7 @@ def test_damped_kfac_equals_the_dense_damped_kronecker_product(setup):
     gamma = 0.3
 
     def dense(name, dW):
-        term = kfac.factors(name)
+        term = kfac.term(name)
         a, g = _pi_split(term, gamma)
         damped = {"A": term["A"].double() + a * torch.eye(term["A"].shape[0], dtype=torch.float64),
                   "G": term["G"].double() + g * torch.eye(term["G"].shape[0], dtype=torch.float64)}
@@ -56,14 +56,14 @@ def test_kfac_mixed_with_l2sp_and_with_ewc_equal_their_dense_sums(setup):
     mu = 0.25
 
     def mean_kfac(name):
-        t = kfac.factors(name)
+        t = kfac.term(name)
         return t["A"].double().trace() * t["G"].double().trace() / (t["A"].shape[0] * t["G"].shape[0])
 
     def with_l2(name, dW):
         return dense_kfac(dW, kfac.terms(name)) + mu * mean_kfac(name) * (dW**2).sum()
 
     def with_ewc(name, dW):
-        diag = ewc.factors(name)["diag"].double()
+        diag = ewc.term(name)["diag"].double()
         return dense_kfac(dW, kfac.terms(name)) + mu * mean_kfac(name) / diag.mean() * (diag * dW**2).sum()
 
     check_against(package_prior(kfac, mix="l2sp", mu=mu).penalty(model), _dense(with_l2, model), lora_params(model))
@@ -77,7 +77,7 @@ def test_ekfac_penalty_equals_the_dense_rotated_diagonal(setup, ekfac):
     model, _, _, _ = setup
 
     def dense(name, dW):
-        t = ekfac.factors(name)
+        t = ekfac.term(name)
         K = torch.kron(t["G_basis"].double(), t["A_basis"].double())  # row-major vec: K^T vec(dW) = vec(Q_G^T dW Q_A)
         F = K @ torch.diag(t["scales"].double().flatten()) @ K.T
         v = dW.flatten()
@@ -93,9 +93,10 @@ def test_relative_scaling_is_the_fisher_weighted_relative_weight_change(setup):
     numel = sum(targets[n].weight().numel() for n in NAMES)
     # L2-SP: exactly sum ||dW||^2 / sum ||W0||^2
     l2 = _dense(lambda n, dW: (dW**2).sum(), model)
-    check_against(LaplacePrior(method="l2sp", scaling="relative").penalty(model), l2 / base_sq, lora_params(model))
+    check_against(LaplacePrior(kind="l2sp", scaling="relative").penalty(model), l2 / base_sq, lora_params(model))
     # KFAC: the Fisher quadratic over (mean eigenvalue over all adapted weights * sum ||W0||^2)
-    trace = sum(float(kfac.factors(n)["A"].double().trace() * kfac.factors(n)["G"].double().trace()) for n in NAMES)
+    trace = sum(float(f.input_cov.double().trace() * f.grad_cov.double().trace())
+                for f in (kfac.kronecker_factors(n) for n in NAMES))
     expected = _dense(lambda n, dW: dense_kfac(dW, kfac.terms(n)), model) / (trace / numel * base_sq)
     check_against(LaplacePrior(kfac, lam=2.0, scaling="relative").penalty(model), 2.0 * expected, lora_params(model))
 
@@ -118,7 +119,7 @@ def test_relative_scaling_puts_methods_on_one_footing(setup, ekfac):
     method charges about what L2-SP charges (averaged over many random directions)."""
     model, kfac, ewc, _ = setup
     g = torch.Generator().manual_seed(0)
-    priors = {"l2sp": LaplacePrior(method="l2sp", scaling="relative"),
+    priors = {"l2sp": LaplacePrior(kind="l2sp", scaling="relative"),
               "kfac": LaplacePrior(kfac, scaling="relative"), "ewc": LaplacePrior(ewc, scaling="relative"),
               "ekfac": LaplacePrior(ekfac, scaling="relative")}
     totals = dict.fromkeys(priors, 0.0)
@@ -138,7 +139,7 @@ def test_relative_scaling_puts_methods_on_one_footing(setup, ekfac):
 
 def test_form_options_are_checked(setup):
     _, kfac, ewc, _ = setup
-    with pytest.raises(ValueError, match="damping applies to the kfac method only"):
+    with pytest.raises(ValueError, match="damping applies to the kfac prior only"):
         package_prior(ewc, damping=0.1)
     with pytest.raises(ValueError, match="needs a form to mix in"):
         package_prior(kfac, mu=0.1)
@@ -158,12 +159,12 @@ def test_load_prior_reads_and_checks_the_files(setup, ekfac, tmp_path):
     direct = LaplacePrior(kfac, lam=2.0, damping=0.1, mix=ewc, mu=0.2, scaling="relative")
     torch.testing.assert_close(loaded.penalty(model), direct.penalty(model))
     torch.testing.assert_close(load_prior(model, "l2sp", scaling="package").penalty(model),
-                               LaplacePrior(method="l2sp", scaling="package").penalty(model))
+                               LaplacePrior(kind="l2sp", scaling="package").penalty(model))
     with pytest.raises(ValueError, match=r"ewc.safetensors: holds a ewc estimate, the prior is 'kfac'"):
         load_prior(model, "kfac", curvature=ewc_path)
     with pytest.raises(ValueError, match="needs a curvature file"):
         load_prior(model, "ekfac")
     with pytest.raises(FileNotFoundError, match="missing.safetensors: no such curvature file"):
         load_prior(model, "kfac", curvature=tmp_path / "missing.safetensors")
-    with pytest.raises(ValueError, match="prior kind must be"):
+    with pytest.raises(ValueError, match=r"prior kind \('none' for no prior\) must be one of 'l2sp', 'ewc', "):
         load_prior(model, "fisher")

@@ -63,12 +63,12 @@ def test_kfac_penalty_and_gradients_equal_the_dense_kronecker_form(setup):
 def test_ewc_and_l2sp_equal_their_dense_forms(setup):
     model, _, ewc, _ = setup
     layers = layers_of(model)
-    dense_ewc = sum((ewc.factors(n)["diag"].double() * lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
+    dense_ewc = sum((ewc.term(n)["diag"].double() * lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
     check_against(package_prior(ewc, lam=1.5).penalty(model), 1.5 * dense_ewc, lora_params(model))
     def dense_l2():
         return sum((lora_delta(*layers[n]).double() ** 2).sum() for n in NAMES)
-    check_against(package_prior(method="l2sp", lam=0.5).penalty(model), 0.5 * dense_l2(), lora_params(model))
-    check_against(package_prior(ewc, method="l2sp").penalty(model), dense_l2(), lora_params(model))
+    check_against(package_prior(kind="l2sp", lam=0.5).penalty(model), 0.5 * dense_l2(), lora_params(model))
+    check_against(package_prior(ewc, kind="l2sp").penalty(model), dense_l2(), lora_params(model))
 
 
 def test_compressed_factors(setup):
@@ -137,11 +137,11 @@ def test_reference_scaling_multiplies_kfac_layers_by_samples_over_tokens(setup):
 def test_configuration_errors(setup):
     model, kfac, ewc, _ = setup
     with pytest.raises(ValueError, match="ewc estimate cannot serve a kfac prior"):
-        package_prior(ewc, method="kfac")
+        package_prior(ewc, kind="kfac")
     with pytest.raises(ValueError, match="needs a curvature"):
-        package_prior(method="ewc")
-    with pytest.raises(ValueError, match="method must be one of"):
-        package_prior(kfac, method="fisher")
+        package_prior(kind="ewc")
+    with pytest.raises(ValueError, match="prior kind must be one of 'l2sp', 'ewc', 'kfac', 'ekfac'; got 'fisher'"):
+        package_prior(kfac, kind="fisher")
     with pytest.raises(ValueError, match="scaling must be"):
         LaplacePrior(kfac, scaling="paper")
     partial = Curvature(kfac.method, kfac.fisher, kfac.kfac_approx,

@@ -66,8 +66,9 @@ def test_loss_weights_and_term_validation():
     weights = L.loss_weights({"loss_params": {"lambda_mel": 2.0, "lambda_ce": 10}}, {"sty": 0.5})
     assert weights["mel"] == 2.0 and weights["ce"] == 10.0 and weights["sty"] == 0.5 and weights["dur"] == 1.0
     assert L.loss_weights()["mel"] == 5.0 and L.loss_weights()["ce"] == 20.0
-    with pytest.raises(ValueError, match="unknown loss term 'slm'"):
-        L.loss_weights(None, {"slm": 1.0})
+    with pytest.raises(ValueError, match="unknown loss term 'wavlm'"):
+        L.loss_weights(None, {"wavlm": 1.0})
+    assert L.loss_weights({"loss_params": {"lambda_slm": 0.5}})["slm"] == 0.5
     with pytest.raises(ValueError, match="unknown"):
         L.GeneratorObjective(tiny_model(), terms=("mel", "wavlm"))
 

@@ -18,7 +18,7 @@ from tts_bpeft.text import (
     clm_sample_nll,
     document_blocks,
     encode_examples,
-    finetune,
+    fit,
     lm_loader,
     load_causal_lm,
     load_classifier,
@@ -47,16 +47,17 @@ def curvatures(tiny):
 def test_curvature_on_opt_layers_and_file(curvatures, tiny, tmp_path):
     kfac = curvatures["kfac"]
     assert sorted(kfac.names) == sorted(f"model.decoder.layers.{i}.self_attn.{p}" for i in (0, 1) for p in TARGETS)
-    assert kfac.samples == 24 and kfac.factors(kfac.names[0])["A"].shape == (16, 16)
-    assert curvatures["ewc"].factors(kfac.names[0])["diag"].shape == (16, 16)
+    assert kfac.samples == 24 and kfac.kronecker_factors(kfac.names[0]).input_cov.shape == (16, 16)
+    assert curvatures["ewc"].term(kfac.names[0])["diag"].shape == (16, 16)
     assert curvatures["kfac_mc"].fisher == "mc"
     # the same file serves the classifier: same module names, same base weights (fingerprint)
     classifier = add_lora_with_head(load_classifier(tiny["model"], 2, 1), TARGETS, r=4, alpha=8)
     loaded = Curvature.load(kfac.save(tmp_path / "c.safetensors"), classifier)
-    torch.testing.assert_close(loaded.factors(kfac.names[0])["G"], kfac.factors(kfac.names[0])["G"])
+    name = kfac.names[0]
+    torch.testing.assert_close(loaded.kronecker_factors(name).grad_cov, kfac.kronecker_factors(name).grad_cov)
 
 
-def _train_classifier(tiny, curvature, lam, epochs=6):
+def _train_classifier(tiny, curvature, lam, out_dir, epochs=6):
     tok = load_tokenizer(tiny["model"])
     torch.manual_seed(0)
     model = add_lora_with_head(load_classifier(tiny["model"], 2, tok.pad_token_id), TARGETS, r=4, alpha=8)
@@ -65,7 +66,8 @@ def _train_classifier(tiny, curvature, lam, epochs=6):
     prior = None if lam == 0 else LaplacePrior(curvature, lam=lam, scaling="package")
     train = encode_examples(tok, load_glue("sst2", file=tiny["root"] / "sst2_train.tsv"))
     loader = classification_loader(train, tok.pad_token_id, 8, shuffle=True)
-    history = finetune(model, loader, classification_loss, prior=prior, lr=3e-2, epochs=epochs, progress=False)
+    history = fit(model, loader, classification_loss, out_dir, prior=prior, lr=3e-2, epochs=epochs,
+                  progress=False)["history"]
     for name, target in lora_targets(model).items():
         assert torch.equal(target.weight(), base_before[name])  # base weights frozen
     head_after = model.base_model.model.score.modules_to_save["default"].weight
@@ -73,16 +75,16 @@ def _train_classifier(tiny, curvature, lam, epochs=6):
     return model, history
 
 
-def test_glue_finetune_with_prior_then_evaluate(tiny, curvatures):
+def test_glue_finetune_with_prior_then_evaluate(tiny, curvatures, tmp_path):
     tok = load_tokenizer(tiny["model"])
     kfac = curvatures["kfac"]
-    free, free_hist = _train_classifier(tiny, kfac, lam=0.0)
-    tied, tied_hist = _train_classifier(tiny, kfac, lam=1e3)
+    free, free_hist = _train_classifier(tiny, kfac, lam=0.0, out_dir=tmp_path / "free")
+    tied, tied_hist = _train_classifier(tiny, kfac, lam=1e3, out_dir=tmp_path / "tied")
     q = LaplacePrior(kfac, lam=1.0)
     # the prior pulls dW towards 0 in the Fisher metric; the head is not regularised
     assert q.penalty(tied).item() < 0.2 * q.penalty(free).item()
-    assert tied_hist[-1]["penalty"] > 0 and free_hist[-1]["penalty"] == 0
-    assert free_hist[-1]["task_loss"] < free_hist[0]["task_loss"]
+    assert tied_hist[-1]["prior"] > 0 and free_hist[-1]["prior"] == 0
+    assert free_hist[-1]["loss"] < free_hist[0]["loss"]
     dev = classification_loader(encode_examples(tok, load_glue("sst2", file=tiny["root"] / "sst2_dev.tsv")), 1, 8)
     assert accuracy(free, dev, progress=False)["accuracy"] >= 0.75  # learnable toy sentiment
     held = lm_loader(document_blocks(tok, load_documents(files=tiny["root"] / "wiki_heldout.jsonl"), 32), 1, 4)
@@ -123,13 +125,13 @@ def test_adapter_round_trip_gives_identical_logits(tiny, tmp_path):
                                    atol=1e-5, rtol=1e-4)
 
 
-def test_clm_lora_finetune_reduces_target_loss(tiny):
+def test_clm_lora_finetune_reduces_target_loss(tiny, tmp_path):
     tok = load_tokenizer(tiny["model"])
     model = add_lora(load_causal_lm(tiny["model"]), TARGETS, r=4, alpha=8)
     docs = load_documents(files=tiny["root"] / "news_train.txt", split_on="line")
     loader = lm_loader(document_blocks(tok, docs, 32), tok.pad_token_id, 5, shuffle=True)
     before = perplexity(model, loader, progress=False)["nll"]
-    history = finetune(model, loader, clm_loss, prior=LaplacePrior(None, lam=1e-3, method="l2sp"), lr=2e-2,
-                       epochs=2, progress=False)
+    history = fit(model, loader, clm_loss, tmp_path, prior=LaplacePrior(None, lam=1e-3, kind="l2sp"), lr=2e-2,
+                  epochs=2, progress=False)["history"]
     assert len(history) == 2 and history[-1]["steps"] == 2 * len(loader)
     assert perplexity(model, loader, progress=False)["nll"] < before

@@ -51,7 +51,7 @@ def test_recipes_end_to_end(tiny, tmp_path):
     metrics = glue["metrics"]
     assert metrics["examples"] == 16 and 0 <= metrics["accuracy"] <= 1 and metrics["penalty"] > 0
     assert len(metrics["history"]) == 1 and (tmp_path / "glue" / "adapter" / "adapter_config.json").is_file()
-    evaluation = _run("evaluate", [f"model={model}", "kind=glue", f"adapter={tmp_path / 'glue' / 'adapter'}",
+    evaluation = _run("evaluate", [f"model={model}", "task_type=glue", f"adapter={tmp_path / 'glue' / 'adapter'}",
                                    f"glue.file={root / 'sst2_dev.tsv'}",
                                    f"forgetting.files=[{root / 'wiki_heldout.jsonl'}]",
                                    "forgetting.skip_documents=0", "forgetting.block_size=32"])["metrics"]
@@ -59,16 +59,16 @@ def test_recipes_end_to_end(tiny, tmp_path):
     assert evaluation["forgetting_documents"] == 12 and evaluation["forgetting_perplexity"] > 1
     saved = json.loads((tmp_path / "glue" / "adapter" / "evaluate.json").read_text())
     assert saved["metrics"]["forgetting_perplexity"] == evaluation["forgetting_perplexity"]
-    base = _run("evaluate", [f"model={model}", "kind=glue", f"forgetting.files=[{root / 'wiki_heldout.jsonl'}]",
+    base = _run("evaluate", [f"model={model}", "task_type=glue", f"forgetting.files=[{root / 'wiki_heldout.jsonl'}]",
                              "forgetting.skip_documents=0", "forgetting.block_size=32",
                              f"output={tmp_path / 'pre.json'}"])["metrics"]
     assert base["forgetting_perplexity"] != evaluation["forgetting_perplexity"]  # the backbone did change
 
     clm = _run("finetune_clm", common + [
         f"data.files=[{root / 'news_train.txt'}]", f"data.validation_files=[{root / 'news_dev.txt'}]",
-        "data.block_size=32", "prior.method=l2sp", "prior.lam=1e-3", f"output_dir={tmp_path / 'clm'}"])["metrics"]
+        "data.block_size=32", "prior.kind=l2sp", "prior.lam=1e-3", f"output_dir={tmp_path / 'clm'}"])["metrics"]
     assert clm["history"][-1]["validation_perplexity"] == pytest.approx(clm["perplexity"])
-    clm_eval = _run("evaluate", [f"model={model}", "kind=clm", f"adapter={tmp_path / 'clm' / 'adapter'}",
+    clm_eval = _run("evaluate", [f"model={model}", "task_type=clm", f"adapter={tmp_path / 'clm' / 'adapter'}",
                                  f"target.files=[{root / 'news_dev.txt'}]", "target.block_size=32",
                                  f"forgetting.files=[{root / 'wiki_heldout.jsonl'}]", "forgetting.skip_documents=0",
                                  "forgetting.block_size=32"])["metrics"]
@@ -95,7 +95,7 @@ def test_select_strength_recipe(tiny, tmp_path):
     overrides = [f"model={model}", "lora.r=4", "lora.alpha=8", "train.epochs=1", "train.batch_size=8",
                  "train.lr=3e-2", f"data.files=[{root / 'news_train.txt'}]",
                  f"data.validation_files=[{root / 'news_dev.txt'}]", "data.block_size=32",
-                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.method=kfac", "selection.second=damping",
+                 f"heldout.files=[{root / 'wiki_heldout.jsonl'}]", "prior.kind=kfac", "selection.second=damping",
                  "selection.mus=[0.0,0.3]",
                  f"prior.curvature={tmp_path / 'curvature_kfac.safetensors'}", "selection.tolerance=0.01",
                  "selection.lam0=10", "selection.steps=1", "selection.factor=100", f"output_dir={tmp_path / 'sel'}"]
@@ -104,7 +104,7 @@ def test_select_strength_recipe(tiny, tmp_path):
     assert plain["lam"] == 0 and chosen["finetune"] <= 1.01 * plain["finetune"]
     assert Path(record["adapter"], "adapter_config.json").is_file()
     # the forgetting metric, recomputed from the saved adapter by the evaluate recipe
-    check = _run("evaluate", [f"model={model}", "kind=clm", f"adapter={record['adapter']}",
+    check = _run("evaluate", [f"model={model}", "task_type=clm", f"adapter={record['adapter']}",
                               f"target.files=[{root / 'wiki_heldout.jsonl'}]", "target.block_size=32",
                               f"forgetting.files=[{root / 'wiki_heldout.jsonl'}]", "forgetting.skip_documents=0",
                               "forgetting.block_size=32"])["metrics"]

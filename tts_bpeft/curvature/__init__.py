@@ -1,8 +1,9 @@
-"""Curvature of the pre-training loss (KFAC, EWC) measured with hooks, in the matrix view of tts_bpeft.layers."""
+"""Curvature of the pre-training loss (KFAC, EWC, EKFAC) measured with hooks, in the matrix view of tts_bpeft.layers."""
 
 from .estimate import estimate_curvature, layer_targets
 from .likelihoods import Categorical, Gaussian, Laplace, Likelihood
-from .storage import Curvature, LayerCurvature, fingerprint
+from .options import CurvatureMethod, Fisher, KfacApprox, ModelMode
+from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint
 
-__all__ = ["Categorical", "Curvature", "Gaussian", "Laplace", "LayerCurvature", "Likelihood",
-           "estimate_curvature", "fingerprint", "layer_targets"]
+__all__ = ["Categorical", "Curvature", "CurvatureMethod", "Fisher", "Gaussian", "KfacApprox", "KroneckerFactors",
+           "Laplace", "LayerCurvature", "Likelihood", "ModelMode", "estimate_curvature", "fingerprint", "layer_targets"]

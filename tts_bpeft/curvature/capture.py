@@ -33,6 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from ..layers import conv1d_patches, conv_transpose1d_patches
 from ..lora.targets import LoraTarget
 from .lstm import unrolled_lstm
+from .options import CurvatureMethod, KfacApprox
 
 
 @dataclass
@@ -56,17 +57,15 @@ class LayerStatistics:
 class CurvatureCapture:
     """Context manager: while active, every targeted layer call that is back-propagated adds statistics.
 
-    `targets` maps names to `LoraTarget`s (or plain-layer targets). `method` is ``"kfac"``, ``"ewc"`` or
-    ``"ekfac"`` (which needs `bases`, a ``(Q_A, Q_G)`` pair per target), `kfac_approx` ``"expand"`` or
-    ``"reduce"``. Call `begin_backward(batch_size)` before each backward pass and `end_backward()` after it.
+    `targets` maps names to `LoraTarget`s (or plain-layer targets). `method` (checked by
+    `estimate_curvature`, which builds captures) is KFAC, EWC or EKFAC (which needs `bases`, a ``(Q_A, Q_G)``
+    pair per target); `kfac_approx` expand or reduce. Call `begin_backward(batch_size)` before each backward
+    pass and `end_backward()` after it.
     """
 
-    def __init__(self, targets: dict[str, LoraTarget], method: str, kfac_approx: str = "expand",
+    def __init__(self, targets: dict[str, LoraTarget], method: CurvatureMethod,
+                 kfac_approx: KfacApprox = KfacApprox.EXPAND,
                  bases: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
-        if method not in ("kfac", "ewc", "ekfac"):
-            raise ValueError(f"method must be 'kfac', 'ewc' or 'ekfac', got {method!r}")
-        if kfac_approx not in ("expand", "reduce"):
-            raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {kfac_approx!r}")
         if method == "ekfac" and (bases is None or set(bases) != set(targets)):
             raise ValueError("ekfac needs the KFAC eigenbases (Q_A, Q_G) of every target")
         self.method, self.kfac_approx = method, kfac_approx

@@ -1,4 +1,4 @@
-"""`estimate_curvature`: KFAC or EWC curvature of a model's targeted weights, from per-sample losses."""
+"""`estimate_curvature`: KFAC, EWC or EKFAC curvature of a model's targeted weights, from per-sample losses."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from ..lora.inject import plan_lora
 from ..lora.targets import LoraTarget, as_module, lora_targets, weight_entries
 from .capture import CurvatureCapture, LayerStatistics
 from .likelihoods import Likelihood
-from .storage import Curvature, LayerCurvature, fingerprint, layer_fingerprint
+from .options import CurvatureMethod, Fisher, KfacApprox, ModelMode
+from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint, layer_fingerprint
 
 LossOutput = Tensor | Likelihood | Sequence[Likelihood]
 
@@ -54,7 +55,8 @@ def _gradient_carriers(layer: nn.Module) -> list[Tensor]:
 
 
 @contextlib.contextmanager
-def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: str) -> Iterator[list[Tensor]]:
+def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget],
+                     mode: ModelMode) -> Iterator[list[Tensor]]:
     """Adapters off, only the targeted base weights requiring grad, the chosen mode; all restored on exit.
 
     Yields the parameters to differentiate (gradients reach the targeted layers' outputs through them)."""
@@ -79,10 +81,8 @@ def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget], mode: 
                 p.grad = None
                 p.requires_grad_(True)
                 params.append(p)
-        if mode in ("eval", "train"):
-            model.train(mode == "train")
-        elif mode != "keep":
-            raise ValueError(f"mode must be 'eval', 'train' or 'keep', got {mode!r}")
+        if mode != ModelMode.KEEP:
+            model.train(mode == ModelMode.TRAIN)
         yield params
     finally:
         for m, flag in zip(modules, training):
@@ -127,13 +127,13 @@ def estimate_curvature(
     model: nn.Module | Mapping[str, nn.Module],
     batches: Iterable[Any],
     loss_fn: Callable[[Any, Any], LossOutput],
-    method: str = "kfac",
-    fisher: str = "empirical",
-    kfac_approx: str = "expand",
+    method: CurvatureMethod | str = "kfac",
+    fisher: Fisher | str = "empirical",
+    kfac_approx: KfacApprox | str = "expand",
     targets: Mapping[str, LoraTarget] | str | Iterable[str] | None = None,
     mc_samples: int = 1,
     adapter_name: str = "default",
-    mode: str = "eval",
+    mode: ModelMode | str = "eval",
     seed: int = 0,
     description: str = "",
     distributed: bool | None = None,
@@ -154,10 +154,10 @@ def estimate_curvature(
     is raised. Each pass is back-propagated with ``backward()`` (reentrant checkpointing needs it), so leaf
     tensors of the batch that require grad receive ``.grad``.
     """
-    if method not in ("kfac", "ewc", "ekfac"):
-        raise ValueError(f"method must be 'kfac', 'ewc' or 'ekfac', got {method!r}")
-    if fisher not in ("empirical", "mc"):
-        raise ValueError(f"fisher must be 'empirical' or 'mc', got {fisher!r}")
+    method = CurvatureMethod.parse(method, "method")
+    fisher = Fisher.parse(fisher, "fisher")
+    kfac_approx = KfacApprox.parse(kfac_approx, "kfac_approx")
+    mode = ModelMode.parse(mode, "mode")
     draws = mc_samples if fisher == "mc" else 1
     if draws < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
@@ -169,20 +169,22 @@ def estimate_curvature(
     if method == "ekfac":
         if iter(batches) is batches:
             raise TypeError("method='ekfac' passes over the data twice: give a list or a DataLoader, not an iterator")
-        kfac = estimate_curvature(model, batches, loss_fn, "kfac", fisher, kfac_approx, chosen, mc_samples,
-                                  adapter_name, mode, seed, description, distributed, progress)
-        bases = {n: kfac_eigenbasis(kfac.factors(n)) for n in chosen}
+        kfac = estimate_curvature(model, batches, loss_fn, method="kfac", fisher=fisher, kfac_approx=kfac_approx,
+                                  targets=chosen, mc_samples=mc_samples, adapter_name=adapter_name, mode=mode,
+                                  seed=seed, description=description, distributed=distributed, progress=progress)
+        bases = {n: kfac_eigenbasis(kfac.kronecker_factors(n)) for n in chosen}
     capture = CurvatureCapture(chosen, method, kfac_approx, bases)
     samples = _measure(model, root, chosen, batches, loss_fn, capture, fisher, draws, mode, seed, progress,
                        distributed)
     layers = _finish(capture, samples * draws, chosen, kfac, bases)
-    return Curvature(method, fisher, kfac_approx if method != "ewc" else None, layers, samples, draws,
+    return Curvature(method.value, fisher.value, kfac_approx.value if method != "ewc" else None, layers, samples,
+                     draws,
                      fingerprint(chosen), description)
 
 
-def kfac_eigenbasis(term: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """The eigenvectors ``(Q_A, Q_G)`` (columns, float32) of a dense KFAC term's factors."""
-    return tuple(torch.linalg.eigh(term[key].double()).eigenvectors.float().contiguous() for key in ("A", "G"))
+def kfac_eigenbasis(factors: KroneckerFactors) -> tuple[Tensor, Tensor]:
+    """The eigenvectors ``(Q_A, Q_G)`` (columns, float32) of the input and the gradient covariance."""
+    return tuple(torch.linalg.eigh(f.double()).eigenvectors.float().contiguous() for f in factors)
 
 
 def _measure(model, root: nn.Module, chosen: Mapping[str, LoraTarget], batches: Iterable[Any], loss_fn,

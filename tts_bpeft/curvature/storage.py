@@ -33,14 +33,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from .. import __version__
 from ..io import save_safetensors
 from ..lora.targets import LoraTarget, lora_targets
+from ..version import __version__
 
 
 @dataclass
@@ -82,9 +83,16 @@ def _check_factor(where: str, key: str, value: Tensor, size: int) -> None:
             raise ValueError(f"{where}: factor {key} is not symmetric (max |M - M^T| = {asym:.3g})")
 
 
+class KroneckerFactors(NamedTuple):
+    """KFAC's factors of one layer, ``F ~= input_cov (x) grad_cov`` (the module docstring's ``A`` and ``G``)."""
+
+    input_cov: Tensor  # (in_flat, in_flat): the layer inputs' (patches') second moment per token
+    grad_cov: Tensor  # (out, out): the output gradients' second moment per sample
+
+
 @dataclass
 class Curvature:
-    """A curvature estimate (KFAC or EWC) for a set of named weight matrices; see the module docstring."""
+    """A curvature estimate (KFAC, EWC or EKFAC) for a set of named weight matrices; see the module docstring."""
 
     method: str
     fisher: str
@@ -104,13 +112,21 @@ class Curvature:
         """All terms of a layer (their sum is its curvature)."""
         return self.layers[name].terms
 
-    def factors(self, name: str) -> dict[str, Tensor]:
-        """The factors of a single-term layer: ``{"A", "G"}`` (kfac), ``{"diag"}`` (ewc) or ``{"A_basis",
-        "G_basis", "scales"}`` (ekfac), in the matrix view."""
+    def term(self, name: str) -> dict[str, Tensor]:
+        """The stored tensors of a single-term layer: ``{"A", "G"}`` (kfac), ``{"diag"}`` (ewc) or
+        ``{"A_basis", "G_basis", "scales"}`` (ekfac), in the matrix view."""
         terms = self.terms(name)
         if len(terms) != 1:
             raise ValueError(f"layer {name!r} has {len(terms)} Kronecker terms; use terms(name)")
         return terms[0]
+
+    def kronecker_factors(self, name: str) -> KroneckerFactors:
+        """The dense KFAC factors of a single-term layer (stored as ``"A"`` and ``"G"``)."""
+        term = self.term(name)
+        if "A" not in term or "G" not in term:
+            raise ValueError(f"layer {name!r} of this {self.method} estimate has no dense Kronecker factors "
+                             f"(it holds {sorted(term)})")
+        return KroneckerFactors(term["A"], term["G"])
 
     # -- combining ---------------------------------------------------------------------------------
     def _check_compatible(self, other: Curvature) -> None:
@@ -158,7 +174,7 @@ class Curvature:
         layers = {}
         for name, layer in first.layers.items():
             if first.method == "ewc":
-                diag = sum(w * e.factors(name)["diag"] for e, w in zip(estimates, weights))
+                diag = sum(w * e.term(name)["diag"] for e, w in zip(estimates, weights))
                 layers[name] = replace(layer, terms=[{"diag": diag}], tokens=[sum(e.layers[name].tokens[0]
                                                                                    for e in estimates)])
                 continue

@@ -1,10 +1,13 @@
 """Saving and loading adapters in peft's layout, and exporting merged plain weights.
 
-For any model (not only transformers ones) an adapter folder holds peft's two files:
-``adapter_config.json`` (a ``LoraConfig``: ``target_modules`` lists the adapted module paths, per-layer r and
-alpha sit in ``rank_pattern`` / ``alpha_pattern``) and ``adapter_model.safetensors`` with peft's keys
-(``<module path>.lora_A.weight``: the adapter name removed; an LSTM has ``<path>.lora_A.weight_ih_l0``...).
-transformers models use ``PeftModel.save_pretrained`` / ``PeftModel.from_pretrained`` directly.
+For any model (not only transformers ones) an adapter folder holds peft's two files, exactly as
+``PeftModel.save_pretrained`` writes them: ``adapter_config.json`` (a ``LoraConfig``: ``target_modules`` lists
+the adapted module paths, per-layer r and alpha sit in ``rank_pattern`` / ``alpha_pattern``,
+``base_model_name_or_path`` names the base model) and ``adapter_model.safetensors`` with peft's keys
+(``base_model.model.<module path>.lora_A.weight``: the adapter name removed; an LSTM has
+``<path>.lora_A.weight_ih_l0``...). So plain peft reads them: ``PeftModel.from_pretrained(model, folder,
+config=config)`` with the custom layer types registered on ``config`` (docs/lora.md). `load_adapter` also
+reads folders written before the prefix was added (keys without ``base_model.model.``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from ..io import save_json, save_safetensors
 from .inject import add_lora
-from .targets import as_module, clean_name
+from .targets import PEFT_PREFIX, as_module, clean_name
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -38,19 +41,30 @@ def _lora_layers(root: nn.Module, adapter_name: str) -> dict[str, LoraLayer]:
 
 def adapter_state_dict(model: nn.Module | Mapping[str, nn.Module], adapter_name: str = "default"
                        ) -> dict[str, Tensor]:
-    """The adapter's tensors under peft's saved keys (adapter name removed)."""
+    """The adapter's tensors under peft's saved keys: ``base_model.model.<path>.lora_A.weight`` (adapter name
+    removed), as ``PeftModel.save_pretrained`` writes them."""
     out = {}
     for path, layer in _lora_layers(as_module(model), adapter_name).items():
         for part in ("lora_A", "lora_B"):
             for key, value in getattr(layer, part)[adapter_name].state_dict().items():
-                out[f"{path}.{part}.{key}"] = value
+                out[f"{PEFT_PREFIX}{path}.{part}.{key}"] = value
     return out
 
 
+def _base_model_name(root: nn.Module) -> str | None:
+    """The hub id or folder a transformers model (or a PeftModel around one) was loaded from, if any."""
+    config = getattr(getattr(root, "base_model", root), "config", None) or getattr(root, "config", None)
+    return getattr(config, "_name_or_path", None) or None
+
+
 def save_adapter(model: nn.Module | Mapping[str, nn.Module], directory: str | os.PathLike,
-                 adapter_name: str = "default") -> Path:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (atomically) into `directory`."""
-    layers = _lora_layers(as_module(model), adapter_name)
+                 adapter_name: str = "default", base_model_name_or_path: str | None = None) -> Path:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (atomically) into `directory`.
+
+    `base_model_name_or_path` (what the adapter applies to: a hub id, a checkpoint file) goes into the config;
+    by default a transformers model's own ``_name_or_path``."""
+    root = as_module(model)
+    layers = _lora_layers(root, adapter_name)
     if not layers:
         raise ValueError(f"the model has no LoRA adapter named {adapter_name!r}")
     first = next(iter(layers.values()))
@@ -59,6 +73,7 @@ def save_adapter(model: nn.Module | Mapping[str, nn.Module], directory: str | os
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=getattr(dropout, "p", 0.0), target_modules=sorted(layers),
         use_rslora=first.use_rslora[adapter_name],
+        base_model_name_or_path=base_model_name_or_path or _base_model_name(root),
         rank_pattern={n: m.r[adapter_name] for n, m in layers.items() if m.r[adapter_name] != r},
         alpha_pattern={n: m.lora_alpha[adapter_name] for n, m in layers.items() if m.lora_alpha[adapter_name] != alpha},
     )
@@ -87,7 +102,7 @@ def load_adapter(model: nn.Module | MutableMapping[str, nn.Module], directory: s
                      alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0),
                      adapter_name=adapter_name, rank_pattern=exact, alpha_pattern=exact_alpha,
                      use_rslora=config.get("use_rslora", False))
-    saved = load_file(str(directory / WEIGHTS_NAME))
+    saved = {clean_name(k): v for k, v in load_file(str(directory / WEIGHTS_NAME)).items()}
     root = as_module(model)
     params = {}
     for path, layer in _lora_layers(root, adapter_name).items():

@@ -13,41 +13,28 @@ import math
 import warnings
 
 import torch
-from peft.tuners.lora import LoraConfig, LoraLayer
-from peft.tuners.tuners_utils import check_adapters_to_merge
+from peft.tuners.lora import LoraConfig
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..layers import effective_weight, lstm_weight_names
 from .factors import lora_factors
-from .reparam import add_to_effective_weight
+from .layer import CustomLoraLayer
 
 
-class LoraLSTM(nn.Module, LoraLayer):
+class LoraLSTM(CustomLoraLayer):
     """LoRA around an ``nn.LSTM`` (no proj_size). ``lora_A[adapter][weight_name]`` is (r, in) and
     ``lora_B[adapter][weight_name]`` is (4H, r)."""
 
-    def __init__(self, base_layer: nn.LSTM, adapter_name: str, config: LoraConfig, r: int,
-                 lora_alpha: float, **kwargs) -> None:
-        super().__init__()
-        with warnings.catch_warnings():  # peft warns that it cannot size this layer type; we size it
-            warnings.filterwarnings("ignore", message="Unsupported layer type")
-            LoraLayer.__init__(self, base_layer)
-        if config.use_dora or config.lora_bias:
-            raise ValueError("LoraLSTM supports plain LoRA only (no DoRA, no lora_bias)")
+    def _check_base(self, base_layer: nn.Module) -> None:
         if base_layer.proj_size:
             raise ValueError("LoraLSTM does not support LSTMs with proj_size")
         self.weight_names = lstm_weight_names(base_layer)
-        self._active_adapter = adapter_name
-        self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config)
 
-    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config: LoraConfig,
-                     **kwargs) -> None:
-        if r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive integer, got {r}")
+    def _make_factors(self, r: int, config: LoraConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
         if config.lora_dropout:
             warnings.warn("LoRA dropout is not applied inside an LSTM (it does not commute with the "
-                          "recurrence); the LSTM adapter trains without it", stacklevel=2)
+                          "recurrence); the LSTM adapter trains without it", stacklevel=3)
         base = self.get_base_layer()
         like = base.weight_ih_l0
         A, B = nn.ParameterDict(), nn.ParameterDict()
@@ -55,16 +42,7 @@ class LoraLSTM(nn.Module, LoraLayer):
             n_out, n_in = getattr(base, name).shape
             A[name] = nn.Parameter(torch.empty(r, n_in, dtype=like.dtype, device=like.device))
             B[name] = nn.Parameter(torch.empty(n_out, r, dtype=like.dtype, device=like.device))
-        self.r[adapter_name] = r
-        self.lora_alpha[adapter_name] = lora_alpha
-        self.lora_dropout[adapter_name] = nn.Identity()
-        self.lora_A[adapter_name] = A
-        self.lora_B[adapter_name] = B
-        self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if config.use_rslora else r)
-        self.use_rslora[adapter_name] = config.use_rslora
-        self.lora_bias[adapter_name] = False
-        self.reset_lora_parameters(adapter_name, config.init_lora_weights)
-        self.set_adapter(self.active_adapters)
+        return A, B, nn.Identity()
 
     def reset_lora_parameters(self, adapter_name: str, init_lora_weights: bool | str) -> None:
         """A as nn.Linear's default init (or Gaussian), B zero: the adapter starts as the identity."""
@@ -88,19 +66,8 @@ class LoraLSTM(nn.Module, LoraLayer):
         B, A, scale = self.lora_factors(adapter_name, weight_name)
         return scale * (B @ A)
 
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        for adapter in check_adapters_to_merge(self, adapter_names):
-            if adapter in self.lora_A:
-                for name in self.weight_names:
-                    add_to_effective_weight(self.get_base_layer(), self.get_delta_weight(adapter, name), name)
-                self.merged_adapters.append(adapter)
-
-    def unmerge(self) -> None:
-        while self.merged_adapters:
-            adapter = self.merged_adapters.pop()
-            if adapter in self.lora_A:
-                for name in self.weight_names:
-                    add_to_effective_weight(self.get_base_layer(), -self.get_delta_weight(adapter, name), name)
+    def delta_weights(self, adapter_name: str) -> dict[str, Tensor]:
+        return {name: self.get_delta_weight(adapter_name, name) for name in self.weight_names}
 
     def flatten_parameters(self) -> None:
         """The wrapped LSTM's ``flatten_parameters`` (StyleTTS 2 and Kokoro call it before every forward)."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..layers import effective_weight, layer_kind, lstm_weight_names, weight_to_matrix
 from .factors import lora_factors
 
-_HF_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # peft's prefix of the wrapped model's module paths and saved keys
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,19 @@ class LoraTarget:
         """The effective base weight as the matrix (out, in_flat)."""
         return weight_to_matrix(self.kind, effective_weight(self.base_layer, self.param))
 
-    def factors(self) -> tuple[Tensor, Tensor, float]:
+    def lora_factors(self) -> tuple[Tensor, Tensor, float]:
         """(B (out, r), A (r, in_flat), scale) with dW = scale * B @ A."""
         return lora_factors(self.layer, self.adapter_name, self.param)
 
     def delta_weight_matrix(self) -> Tensor:
         """dW = scale * B @ A, shape (out, in_flat)."""
-        B, A, scale = self.factors()
+        B, A, scale = self.lora_factors()
         return scale * (B @ A)
 
 
 def clean_name(name: str) -> str:
     """A module path without peft's ``base_model.model.`` prefix."""
-    return name[len(_HF_PREFIX):] if name.startswith(_HF_PREFIX) else name
+    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
 
 
 def weight_entries(name: str, module: nn.Module) -> list[tuple[str, str, str]]:

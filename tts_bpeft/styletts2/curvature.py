@@ -2,8 +2,8 @@
 
 The Fisher is defined on the *likelihood* part of the generator objective (`tts_bpeft.styletts2.losses`):
 mel reconstruction, F0, energy, duration (L1 and step BCE) and style diffusion, each term selectable, with
-the aligner's ground-truth alignment. Adversarial and WavLM terms are not likelihoods and stay out unless
-asked for (``terms`` may include ``"gen"`` for reference-compatible runs).
+the aligner's ground-truth alignment. Adversarial and WavLM terms (``gen``, ``slm``, ``slmadv``) are not
+likelihoods and are refused, whatever the fine-tuning objective holds.
 
 - ``fisher="empirical"``: per-utterance gradients of the chosen terms' weighted sum.
 - ``fisher="mc"``: the regression outputs (log-mel at each STFT resolution, F0, energy, durations) are
@@ -25,7 +25,7 @@ from typing import Any
 from munch import Munch
 
 from ..curvature import Laplace
-from .losses import GeneratorObjective
+from .losses import NON_LIKELIHOOD_TERMS, GeneratorObjective
 
 LIKELIHOOD_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff")
 
@@ -46,7 +46,12 @@ def _mc_terms(output: Any, weights: dict[str, float]) -> list[Laplace]:
 
 def styletts2_loss_fn(objective: GeneratorObjective, fisher: str = "empirical", seed: int = 0
                       ) -> Callable[[Munch, Any], Any]:
-    """A ``loss_fn(model, batch)`` for `tts_bpeft.estimate_curvature` on TTSBatch batches."""
+    """A ``loss_fn(model, batch)`` for `tts_bpeft.estimate_curvature` on TTSBatch batches; `objective` must
+    hold no adversarial or WavLM term."""
+    scored = sorted(set(objective.terms) & set(NON_LIKELIHOOD_TERMS))
+    if scored:
+        raise ValueError(f"the curvature is a likelihood's: terms {scored} are scored by discriminators or WavLM "
+                         f"and never enter it; use terms from {LIKELIHOOD_TERMS + ('sty', 'mono', 's2s')}")
     def loss_fn(model: Munch, batch: Any):
         seeds = [utterance_seed(seed, p) for p in batch.paths]
         output = objective(batch.to(objective.device), seeds=seeds)

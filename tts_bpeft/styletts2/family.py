@@ -11,7 +11,7 @@ voices) at 24 kHz (`tts_bpeft.styletts2.synthesize`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,15 @@ from ..lora import merged_state_dict
 from ..speech_data.audio import SAMPLE_RATE
 from ..speech_data.phonemes import Phonemizer
 from ..speech_data.records import Utterance
+from .adversarial import Discriminators
 from .build import GENERATOR_MODULES, build_base
 from .checkpoints import save_checkpoint
 from .curvature import LIKELIHOOD_TERMS, styletts2_loss_fn, utterance_seed
 from .data.dataset import TTSDataset, collate
 from .losses import GeneratorObjective
 from .presets import PRESET_DESCRIPTIONS, add_preset_lora, preset_plan
+from .slm import load_slm
+from .slm_generation import GenerationSettings
 from .synthesize import InferenceSettings, Synthesizer
 
 TRAINING_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
@@ -77,6 +80,35 @@ class TrainingBatches:
         sampler.set_epoch(epoch)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=lambda items: (
             epoch, collate(items, [self._reference(it, epoch) for it in items], self.dataset.ref_frames)))
+
+
+class TrainingLoss:
+    """``step_loss((epoch, batch))`` of `StyleTTS2Family.training_loss`: the batch mean of the objective at
+    that epoch (the discriminators, if any, trained on the batch first) and the values to log, the
+    discriminators' losses (``d_loss``, ``d_slm``; 0 on steps where they did not train) among them."""
+
+    def __init__(self, model: TTSModel, objective: GeneratorObjective, discriminators: Discriminators | None,
+                 seed: int, amp: bool) -> None:
+        self.model, self.objective, self.discriminators, self.seed = model, objective, discriminators, seed
+        self.amp = amp and objective.device.type == "cuda"
+
+    @property
+    def extra_state(self) -> dict[str, Discriminators]:
+        """What `tts_bpeft.training.train` must checkpoint besides the trainable tensors."""
+        return {"discriminators": self.discriminators} if self.discriminators is not None else {}
+
+    def __call__(self, item: tuple[int, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        epoch, batch = item
+        device = self.objective.device
+        for key in GENERATOR_MODULES:
+            self.model.net[key].train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.objective(batch.to(device), seeds=[utterance_seed(self.seed, epoch, p) for p in batch.paths],
+                                 epoch=epoch, discriminators=self.discriminators)
+        loss = out.total.float().mean()
+        trained = {k: out.discriminator.get(k, 0.0) for k in self.discriminators.logged} if self.discriminators else {}
+        return loss, {"loss": float(loss.detach()), **{k: float(v.detach().mean()) for k, v in out.terms.items()},
+                      **trained}
 
 
 class StyleTTS2Family:
@@ -129,26 +161,38 @@ class StyleTTS2Family:
 
     def training_loss(self, model: TTSModel, terms: Sequence[str] | None = None,
                       weights: Mapping[str, float] | None = None, seed: int = 0,
-                      options: DataOptions | None = None, amp: bool = False
-                      ) -> Callable[[Any], tuple[torch.Tensor, dict[str, float]]]:
+                      options: DataOptions | None = None, amp: bool = False,
+                      adversarial: Mapping[str, Any] | None = None) -> TrainingLoss:
         """``step_loss((epoch, batch))``: the mean generator loss (default terms `TRAINING_TERMS`), generator
-        modules in train mode, random draws seeded per utterance and epoch; logs the loss and every term."""
-        max_frames = (options or DataOptions()).max_frames
-        objective = GeneratorObjective(model.net, model.config, terms=tuple(terms or TRAINING_TERMS),
-                                       weights=weights, max_frames=max_frames)
-        device = objective.device
-        amp = amp and device.type == "cuda"
+        modules in train mode, random draws seeded per utterance and epoch; logs the loss and every term.
 
-        def step_loss(item: tuple[int, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-            epoch, batch = item
-            for key in GENERATOR_MODULES:
-                model.net[key].train()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = objective(batch.to(device), seeds=[utterance_seed(seed, epoch, p) for p in batch.paths])
-            loss = out.total.float().mean()
-            return loss, {"loss": float(loss.detach()), **{k: float(v.detach().mean()) for k, v in out.terms.items()}}
-
-        return step_loss
+        `adversarial` (the recipe's ``loss`` section plus the discriminators' AdamW settings ``lr``,
+        ``betas``, ``eps``, ``weight_decay``): ``diff_epoch``, ``joint_epoch``, ``slmadv`` overrides of the
+        config's ``slmadv_params``. With ``gen`` or ``slmadv`` among the terms the discriminators train inside
+        each step; ``step_loss.extra_state`` holds them for the checkpoint. The WavLM of ``slm``/``slmadv`` is
+        ``model.settings['slm']`` or the config's ``model_params.slm.model`` (tiny config: a random tiny one).
+        """
+        adversarial = dict(adversarial or {})
+        terms = tuple(terms or TRAINING_TERMS)
+        slm = None
+        if {"slm", "slmadv"} & set(terms):
+            slm = load_slm(model.config["model_params"]["slm"], source=model.settings.get("slm"),
+                           sample_rate=model.config.get("preprocess_params", {}).get("sr", SAMPLE_RATE),
+                           tiny=model.settings.get("config", "tiny") == "tiny")
+            slm.to(next(model.net["decoder"].parameters()).device)
+        generation = GenerationSettings.from_config(model.config, adversarial.get("slmadv"))
+        objective = GeneratorObjective(model.net, model.config, terms=terms, weights=weights,
+                                       max_frames=(options or DataOptions()).max_frames, slm=slm,
+                                       diff_epoch=adversarial.get("diff_epoch", 0),
+                                       joint_epoch=adversarial.get("joint_epoch", 0), generation=generation)
+        discriminators = None
+        if {"gen", "slmadv"} & set(terms):
+            optim = {k: adversarial[k] for k in ("lr", "eps", "weight_decay") if k in adversarial}
+            if "betas" in adversarial:
+                optim["betas"] = tuple(adversarial["betas"])
+            discriminators = Discriminators(model.net, slm if "slmadv" in terms else None, slm_every=generation.iter,
+                                            **optim)
+        return TrainingLoss(model, objective, discriminators, seed, amp)
 
     def synthesizer(self, model: TTSModel, settings: Mapping[str, Any] | None = None,
                     device: str | torch.device = "cpu", seed: int = 0,

@@ -9,8 +9,12 @@ Systems (``system``):
 - ``linear``: the weights and biases of every nn.Linear in the paper preset's modules trained
   (the reference's "Linear-only" fine-tuning).
 
-The objective is StyleTTS 2's second-stage generator loss (`tts_bpeft.styletts2.losses`); the optimiser
-the reference's: AdamW, betas (0, 0.99), eps 1e-9, weight decay 1e-4, constant lr 1e-4 (1e-5 for PL-BERT).
+The objective is the official ``train_finetune.py``'s (`tts_bpeft.styletts2.losses`): the generator loss
+with the adversarial (mpd/msd), WavLM feature and SLM adversarial terms, style diffusion from
+``loss.diff_epoch``, SLM adversarial from ``loss.joint_epoch``, the discriminators trained every step
+(`tts_bpeft.styletts2.adversarial`; their weights and optimizers are in ``checkpoint.pt``); every term
+switchable in ``loss.terms``. The optimiser is the reference's: AdamW, betas (0, 0.99), eps 1e-9, weight
+decay 1e-4, constant lr 1e-4 (1e-5 for PL-BERT); the discriminators' the same at ``optim.lr``.
 The run folder (``run.json``, the result, ``checkpoint.pt``, ``log.csv``, ``summary.json``) is written
 through `tts_bpeft.runs`, which also rebuilds the fine-tuned model from it (``load_run``) and exports it.
 Batches and the objective come from the StyleTTS 2 family (`tts_bpeft.styletts2.family`).
@@ -136,7 +140,7 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
     optim = cfg["optim"]
     batches = family.training_batches(model, train_set, optim["batch_size"], seed, rank, world, options)
     step_loss = family.training_loss(model, cfg["loss"]["terms"], cfg["loss"].get("weights"), seed, options,
-                                     amp=bool(cfg.get("amp")))
+                                     amp=bool(cfg.get("amp")), adversarial={**cfg["loss"], **optim})
 
     bert = [p for n, p in trainable.items() if n.startswith("bert.")]
     rest = [p for n, p in trainable.items() if not n.startswith("bert.")]
@@ -149,7 +153,8 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
                              checkpoint_every=cfg.get("checkpoint_every", 50), progress=cfg.get("progress", True))
     buffers = {f"{key}.{name}": b for key, module in model.net.items() for name, b in module.named_buffers()}
     result = train(trainable, optimizer, batches, step_loss, out_dir, settings,
-                   penalty=(lambda: prior.penalty(model.net)) if prior is not None else None, buffers=buffers)
+                   penalty=(lambda: prior.penalty(model.net)) if prior is not None else None, buffers=buffers,
+                   extra_state=step_loss.extra_state)
     if run is None:
         return result
     save_result(run, model, trainable)

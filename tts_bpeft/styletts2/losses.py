@@ -31,10 +31,23 @@ diff    EDM denoising loss of the style diffusion                    lambda_diff
 sty     L1(style sampled by 3-4 ADPM2 steps, target style)           lambda_sty 1
 mono    10 * L1(soft alignment, monotonic alignment)                 lambda_mono 1
 s2s     aligner token cross entropy                                  lambda_s2s 1
-gen     mpd + msd least-squares GAN, feature matching, TPRLS          lambda_gen 1 (off by default)
+gen     mpd + msd least-squares GAN, feature matching, TPRLS          lambda_gen 1
+slm     WavLM feature loss: sum over layers of mean |h_real - h_rec|  lambda_slm 1
+slmadv  SLM adversarial: (1 - wd(WavLM(speech from text)))^2 mean     lambda_slmadv 1
 ======  ==========================================================  ============
 
-The WavLM feature loss and SLM adversarial terms are not implemented (their WavLM weights come from a hub).
+``gen``, ``slm`` and ``slmadv`` (:data:`NON_LIKELIHOOD_TERMS`) are scored by discriminators or WavLM; they
+need ``slm`` (a `tts_bpeft.styletts2.slm.SpeechLanguageModel`) for the last two and never belong in a
+curvature. Schedule (``epoch`` given, as in fine-tuning): ``diff`` and ``sty`` count from ``diff_epoch``,
+``slmadv`` from ``joint_epoch`` (0-based epochs); before that they are reported as 0 and left out of the
+total. Passing ``discriminators`` (`tts_bpeft.styletts2.adversarial.Discriminators`) trains them on the
+step's detached segments before the adversarial terms are computed, as the original does.
+
+``slmadv`` reaches PL-BERT, its projection, the prosody predictor and the style diffusion, not the decoder
+(as in the original's SLM step). It differs from the original in three ways: the text is the utterance's own
+(no out-of-distribution texts), its gradient is not rescaled per module (the original clips by the
+predictor's gradient norm and scales the duration projection, LSTM and diffusion gradients by 0.01 in a
+separate optimizer step), and it is part of the one generator loss.
 
 For curvature estimates, :class:`GeneratorLossOutput` also carries (prediction, target, mask) of the mel
 (one per resolution, normalised log-mel (B, 128, frames)), F0 (B, T), energy (B, T) and duration (B, L)
@@ -45,7 +58,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -58,11 +71,15 @@ from styletts2.Modules.diffusion.sampler import ADPM2Sampler, DiffusionSampler, 
 from styletts2.utils import log_norm
 from torch import Tensor
 
+from tts_bpeft.styletts2.adversarial import Discriminators, Segment
 from tts_bpeft.styletts2.device_safe import MIN_STYLE_FRAMES
+from tts_bpeft.styletts2.slm import SpeechLanguageModel, slm_generator_loss
+from tts_bpeft.styletts2.slm_generation import GenerationSettings, generate_from_text
 
 HOP = 300
 DEFAULT_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
-ALL_TERMS = DEFAULT_TERMS + ("gen",)
+NON_LIKELIHOOD_TERMS = ("gen", "slm", "slmadv")
+ALL_TERMS = DEFAULT_TERMS + NON_LIKELIHOOD_TERMS
 LAMBDA_KEYS = {
     "mel": "lambda_mel",
     "f0": "lambda_F0",
@@ -74,6 +91,8 @@ LAMBDA_KEYS = {
     "mono": "lambda_mono",
     "s2s": "lambda_s2s",
     "gen": "lambda_gen",
+    "slm": "lambda_slm",
+    "slmadv": "lambda_slmadv",
 }
 DEFAULT_WEIGHTS = {
     "mel": 5.0,
@@ -86,6 +105,8 @@ DEFAULT_WEIGHTS = {
     "mono": 1.0,
     "s2s": 1.0,
     "gen": 1.0,
+    "slm": 1.0,
+    "slmadv": 1.0,
 }
 MEL_FFT_SIZES = (1024, 2048, 512)
 
@@ -101,11 +122,13 @@ class Prediction(NamedTuple):
 
 @dataclass
 class GeneratorLossOutput:
-    """Per-utterance terms (name -> (B,)), their weighted sum `total` (B,), and regression pieces."""
+    """Per-utterance terms (name -> (B,)), their weighted sum `total` (B,), regression pieces and the
+    discriminator step's losses."""
 
     terms: dict[str, Tensor]
     total: Tensor
     predictions: dict[str, Prediction]
+    discriminator: dict[str, float] = field(default_factory=dict)  # losses of the discriminator step, if any
 
 
 def loss_weights(
@@ -239,11 +262,14 @@ class GeneratorObjective:
     Args:
         model: the 13-module ``Munch``; the caller sets train/eval mode.
         config: the model's config (dict): ``model_params.multispeaker``, ``model_params.diffusion.dist``,
-            ``loss_params`` and ``max_len`` are read. Default: multispeaker, estimated sigma_data, official
-            weights, max_len 300.
+            ``loss_params``, ``slmadv_params`` and ``max_len`` are read. Default: multispeaker, estimated
+            sigma_data, official weights, max_len 300.
         terms: the terms computed and summed (subset of :data:`ALL_TERMS`).
         weights: overrides of the term weights.
         max_frames: longest decoder segment in mel frames (default ``config['max_len']`` or 300).
+        slm: the WavLM, needed by the ``slm`` and ``slmadv`` terms.
+        diff_epoch, joint_epoch: first (0-based) epoch of ``diff``/``sty`` and of ``slmadv``.
+        generation: the ``slmadv`` segment lengths (default: ``config['slmadv_params']``, else the official).
     """
 
     def __init__(
@@ -253,10 +279,16 @@ class GeneratorObjective:
         terms: Sequence[str] = DEFAULT_TERMS,
         weights: Mapping[str, float] | None = None,
         max_frames: int | None = None,
+        slm: SpeechLanguageModel | None = None,
+        diff_epoch: int = 0,
+        joint_epoch: int = 0,
+        generation: GenerationSettings | None = None,
     ):
         unknown = sorted(set(terms) - set(ALL_TERMS))
         if unknown or not terms:
             raise ValueError(f"terms must be a non-empty subset of {ALL_TERMS}; unknown: {unknown}")
+        if slm is None and {"slm", "slmadv"} & set(terms):
+            raise ValueError("the slm and slmadv terms need the WavLM: pass slm= (tts_bpeft.styletts2.slm.load_slm)")
         config = config or {}
         params = config.get("model_params") or {}
         self.model = model
@@ -269,16 +301,26 @@ class GeneratorObjective:
         self.max_frames = int(max_frames or config.get("max_len", 300))
         self.mel_losses = MultiResolutionSTFTLoss().stft_losses
         self.adversarial = AdversarialGeneratorLoss(model.mpd, model.msd) if "gen" in self.terms else None
+        self.slm = slm
+        self.start_epochs = {"diff": int(diff_epoch), "sty": int(diff_epoch), "slmadv": int(joint_epoch)}
+        self.generation = generation or GenerationSettings.from_config(config)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.decoder.parameters()).device
 
-    def __call__(self, batch: Any, seeds: Sequence[int] | None = None) -> GeneratorLossOutput:
+    def active_terms(self, epoch: int | None) -> tuple[str, ...]:
+        """The terms that count at (0-based) `epoch`; all of them when `epoch` is None."""
+        return tuple(t for t in self.terms if epoch is None or epoch >= self.start_epochs.get(t, 0))
+
+    def __call__(self, batch: Any, seeds: Sequence[int] | None = None, epoch: int | None = None,
+                 discriminators: Discriminators | None = None) -> GeneratorLossOutput:
         """Terms for every utterance of `batch` (a ``TTSBatch``: tokens (B, L_max), token_lengths (B,),
         mels (B, 80, T_max), mel_lengths (B,), waves (B, 300 T_max), ref_mels (B, 80, T_ref)).
 
         `seeds`: one int per utterance, making each utterance's random draws reproducible on their own.
+        `epoch`: the fine-tuning epoch, for the schedule. `discriminators`: trained on this batch's
+        segments before the adversarial terms are computed.
         """
         n = batch.tokens.shape[0]
         if seeds is not None and len(seeds) != n:
@@ -286,26 +328,48 @@ class GeneratorObjective:
         for i in range(n):
             check_lengths(batch, i)
         device = self.device
+        active = self.active_terms(epoch)
         per_sample = []
         for i in range(n):
             with seeded(None if seeds is None else int(seeds[i]), device):
-                per_sample.append(self._utterance(batch, i, device))
-        terms = {name: torch.stack([s[0][name] for s in per_sample]) for name in self.terms}
-        total = sum(self.weights[name] * terms[name] for name in self.terms)
+                per_sample.append(self._utterance(batch, i, device, active))
+        segments = [s[2] for s in per_sample]
+        discriminator = {}
+        if discriminators is not None and segments[0] is not None:
+            discriminator = discriminators.step(segments, gan="gen" in active, slm="slmadv" in active)
+        for (terms, _, segment) in per_sample:
+            terms.update(self._discriminated(segment, active))
+        zero = torch.zeros(n, device=device)
+        terms = {name: torch.stack([s[0][name] for s in per_sample]) if name in active else zero
+                 for name in self.terms}
+        total = sum(self.weights[name] * terms[name] for name in active)
         predictions = {}
         for name in per_sample[0][1]:
             pred, mask = _pad_stack([s[1][name][0] for s in per_sample])
             target, _ = _pad_stack([s[1][name][1] for s in per_sample])
             inner = _pad_stack([s[1][name][2] for s in per_sample])[0].bool()
             predictions[name] = Prediction(pred, target, mask & inner)
-        return GeneratorLossOutput(terms=terms, total=total, predictions=predictions)
+        return GeneratorLossOutput(terms=terms, total=total, predictions=predictions, discriminator=discriminator)
+
+    def _discriminated(self, segment: Segment | None, active: Sequence[str]) -> dict[str, Tensor]:
+        """The terms scored by the discriminators or WavLM (0-dim each) of one utterance's segments."""
+        terms = {}
+        if "gen" in active:
+            terms["gen"] = self.adversarial(segment.real.unsqueeze(1), segment.fake.unsqueeze(1))
+        if "slm" in active:
+            terms["slm"] = self.slm.feature_loss(segment.real, segment.fake)
+        if "slmadv" in active:
+            terms["slmadv"] = (segment.fake.new_zeros(()) if segment.generated is None
+                               else slm_generator_loss(self.slm, self.model.wd, segment.generated))
+        return terms
 
     def _utterance(
-        self, batch: Any, i: int, device: torch.device
-    ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor, Tensor]]]:
-        """Terms (0-dim) and unbatched (prediction, target, mask) triples of utterance `i`, run alone."""
+        self, batch: Any, i: int, device: torch.device, active: Sequence[str]
+    ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor, Tensor]], Segment | None]:
+        """Terms (0-dim) but the discriminated ones, unbatched (prediction, target, mask) triples of utterance
+        `i` run alone, and its waveform segments when a discriminated term is active."""
         m = self.model
-        want = set(self.terms)
+        want = set(active)
         n_tokens = int(batch.token_lengths[i])
         frames = int(batch.mel_lengths[i]) // 2 * 2
         tokens = batch.tokens[i : i + 1, :n_tokens].to(device)
@@ -333,8 +397,10 @@ class GeneratorObjective:
         d_en = m.bert_encoder(bert_dur).transpose(-1, -2)
 
         terms: dict[str, Tensor] = {}
+        features = self._reference_features(batch.ref_mels[i : i + 1].to(device)) if want & {"diff", "sty",
+                                                                                             "slmadv"} else {}
         if want & {"diff", "sty"}:
-            terms.update(self._style_diffusion(batch.ref_mels[i : i + 1].to(device), s_trg, bert_dur))
+            terms.update(self._style_diffusion(s_trg, bert_dur, features))
 
         d, p = m.predictor(d_en, s_dur, lengths, attn_mono, text_mask)
 
@@ -358,13 +424,19 @@ class GeneratorObjective:
             "norm": (n_fake[0], n_real[0], torch.ones_like(n_real[0])),
         }
 
-        if want & {"mel", "gen"}:
-            y_rec = m.decoder(en, f0_fake, n_fake, s)
-            terms["mel"], mels = mel_convergence(y_rec.squeeze(1), wav, self.mel_losses)
+        segment = None
+        if want & ({"mel"} | set(NON_LIKELIHOOD_TERMS)):
+            y_rec = m.decoder(en, f0_fake, n_fake, s).squeeze(1)
+            terms["mel"], mels = mel_convergence(y_rec, wav, self.mel_losses)
             for fft, (x_mel, y_mel) in zip(MEL_FFT_SIZES, mels):
                 predictions[f"mel_{fft}"] = (x_mel[0], y_mel[0], torch.ones_like(y_mel[0]))
-            if "gen" in want:
-                terms["gen"] = self.adversarial(wav.unsqueeze(1).detach(), y_rec)
+            if want & set(NON_LIKELIHOOD_TERMS):
+                segment = Segment(real=wav.detach(), fake=y_rec)
+            if "slmadv" in want:
+                style = s_trg if bool(torch.randint(2, ())) else self._sample_style(s_trg, bert_dur, features)
+                pair = generate_from_text(m, tokens, t_en, bert_dur, style, wave, half, self.generation)
+                if pair is not None:
+                    segment.generated, segment.generated_real = pair
 
         # Durations: logits (L, max_dur) against step targets; L1 on the expected duration, inner tokens.
         logits = d[0, :n_tokens]
@@ -376,32 +448,42 @@ class GeneratorObjective:
 
         terms["s2s"] = F.cross_entropy(s2s_pred[0, :n_tokens], tokens[0])
         terms["mono"] = F.l1_loss(s2s_attn, attn_mono) * 10
-        return {name: terms[name] for name in self.terms}, predictions
+        return {name: terms[name] for name in active if name in terms}, predictions, segment
 
-    def _style_diffusion(self, ref_mel: Tensor, s_trg: Tensor, bert_dur: Tensor) -> dict[str, Tensor]:
-        """EDM loss and sampled-style L1 for one utterance; `s_trg` (1, 2 style_dim), `bert_dur` (1, L, H)."""
+    def _reference_features(self, ref_mel: Tensor) -> dict[str, Tensor]:
+        """The diffusion's speaker conditioning from a reference mel (1, 80, T_ref): ``{"features": (1, 2
+        style_dim)}`` for a multi-speaker model, else nothing."""
+        if not self.multispeaker:
+            return {}
         m = self.model
-        kdiffusion = m.diffusion.diffusion
-        features = {}
-        if self.multispeaker:
-            with torch.no_grad():
-                ref = torch.cat(
-                    [m.style_encoder(ref_mel.unsqueeze(1)), m.predictor_encoder(ref_mel.unsqueeze(1))], dim=-1
-                )
-            features = {"features": ref}
-        previous_sigma_data = kdiffusion.sigma_data
+        with torch.no_grad():
+            ref = torch.cat([m.style_encoder(ref_mel.unsqueeze(1)), m.predictor_encoder(ref_mel.unsqueeze(1))],
+                            dim=-1)
+        return {"features": ref}
+
+    @contextlib.contextmanager
+    def _sigma_data(self, s_trg: Tensor) -> Iterator[None]:
+        """The diffusion's sigma_data set to the utterance's own style std within the block (when estimated)."""
+        kdiffusion = self.model.diffusion.diffusion
+        previous = kdiffusion.sigma_data
         if self.estimate_sigma_data:
             kdiffusion.sigma_data = float(s_trg.std(dim=-1).mean())
         try:
-            diff = m.diffusion(s_trg.unsqueeze(1), embedding=bert_dur, **features).mean()
+            yield
+        finally:
+            kdiffusion.sigma_data = previous
+
+    def _sample_style(self, s_trg: Tensor, bert_dur: Tensor, features: dict[str, Tensor]) -> Tensor:
+        """A style (1, 2 style_dim) sampled by the diffusion in 3-4 ADPM2 steps from noise shaped as `s_trg`."""
+        with self._sigma_data(s_trg):
             sampler = DiffusionSampler(
-                kdiffusion,
+                self.model.diffusion.diffusion,
                 sampler=ADPM2Sampler(),
                 sigma_schedule=KarrasSchedule(sigma_min=0.0001, sigma_max=3.0, rho=9.0),
                 clamp=False,
             )
             num_steps = int(torch.randint(3, 5, ()))
-            s_pred = sampler(
+            return sampler(
                 noise=torch.randn_like(s_trg).unsqueeze(1),
                 embedding=bert_dur,
                 embedding_scale=1,
@@ -409,6 +491,9 @@ class GeneratorObjective:
                 num_steps=num_steps,
                 **features,
             ).squeeze(1)
-        finally:
-            kdiffusion.sigma_data = previous_sigma_data
-        return {"diff": diff, "sty": F.l1_loss(s_pred, s_trg)}
+
+    def _style_diffusion(self, s_trg: Tensor, bert_dur: Tensor, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """EDM loss and sampled-style L1 for one utterance; `s_trg` (1, 2 style_dim), `bert_dur` (1, L, H)."""
+        with self._sigma_data(s_trg):
+            diff = self.model.diffusion(s_trg.unsqueeze(1), embedding=bert_dur, **features).mean()
+        return {"diff": diff, "sty": F.l1_loss(self._sample_style(s_trg, bert_dur, features), s_trg)}
