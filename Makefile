@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'   # every integration + test tools
+	$(PY) -m pip install --quiet --no-deps 'kokoro==0.9.4'  # Kokoro's torch classes only (see pyproject: extra kokoro)
 	touch $(STAMP)
 
 install: $(STAMP)

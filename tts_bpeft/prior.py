@@ -20,7 +20,8 @@ kind        F                                                    q(dW), computed
   each with its own split.
 - **Mixing**: ``mix`` adds ``mu`` times a second form rescaled to the main form's mean eigenvalue in each
   layer: ``q = q_main + mu * (m_main / m_mix) * q_mix`` (``mix="l2sp"``: ``m_mix = 1``; a curvature: its
-  EWC or KFAC form). So ``mu`` is the mixed-in share of the curvature's trace, whatever the layer's scale.
+  EWC or KFAC form; ``m_main`` of the damped product if damped). So ``mu`` is the mixed-in share of the main
+  form's trace, whatever the layer's scale.
 - **EKFAC** (George et al. 2018): the eigenbases ``Q_A``, ``Q_G`` of the KFAC factors with the diagonal
   ``S`` re-fitted to the per-sample gradients' second moments in that basis (`estimate_curvature`).
 
@@ -33,10 +34,13 @@ What lam means (``scaling``):
   code's (means over batch and tokens of a per-sample *mean* loss, batch 1); its published lam values
   (1e5-1e6 KFAC, 1e4 EWC) can then be reused.
 - ``"relative"`` (scale-free): ``sum_l q_l`` divided by ``m_bar * sum_l ||W0_l||^2``, where ``m_bar`` is the
-  mean eigenvalue of the undamped curvature over all adapted weights (``sum_l tr(F_l) / sum_l numel_l``) and
+  mean eigenvalue of the form itself over all adapted weights, ``sum_l tr(F_l) / sum_l numel_l`` with ``F_l``
+  the whole charged form (damping and the mixed-in form included: `LaplacePrior.mean_eigenvalue`), and
   ``W0`` the base weights. With ``F = I`` this is ``sum ||dW||^2 / sum ||W0||^2``, the squared relative
-  weight change; the curvature only redistributes that cost over directions (relative importance of layers
-  kept). The same lam then means the same thing for every prior kind, layer type and model size.
+  weight change; a curvature only redistributes that cost over directions (relative importance of layers
+  kept). Since ``E[vec(dW)^T F vec(dW)] = sigma^2 tr(F)`` for an isotropic random ``dW`` (variance
+  ``sigma^2`` per entry), every form then charges the same expected penalty for such a ``dW``: one lam means
+  the same for every prior kind, layer type and model size.
 
 The penalty is computed in float32 even under autocast.
 """
@@ -128,13 +132,14 @@ class Kronecker(_StoredForm):
     def __init__(self, terms: list[dict[str, Tensor]], damping: float = 0.0) -> None:
         super().__init__(terms)
         self.shifts: list[tuple[float, float]] = []  # (a, g) of each term
-        self.mean_eigenvalue = 0.0
+        self.mean_eigenvalue = 0.0  # of the damped product: sum_terms (mean(A_F) + a) (mean(G) + g)
         for term in terms:
             n_in = term["A"].shape[0] if "A" in term else term["A_vecs"].shape[0]
             n_out = term["G"].shape[0] if "G" in term else term["G_vecs"].shape[0]
             mean_a, mean_g = _trace(term, "A") / n_in, _trace(term, "G") / n_out
-            self.mean_eigenvalue += mean_a * mean_g
-            self.shifts.append((math.sqrt(damping) * mean_a, math.sqrt(damping) * mean_g))
+            a, g = math.sqrt(damping) * mean_a, math.sqrt(damping) * mean_g
+            self.mean_eigenvalue += (mean_a + a) * (mean_g + g)
+            self.shifts.append((a, g))
 
     def __call__(self, B: Tensor, A: Tensor, scale: float) -> Tensor:
         return scale**2 * sum((_sandwich(t, "G", B, g) * _sandwich(t, "A", A.T, a)).sum()
@@ -168,6 +173,16 @@ def curvature_form(curvature: Curvature, name: str, damping: float = 0.0) -> Qua
     return Diagonal(sum(t["diag"] for t in terms))
 
 
+def check_strengths(lam: float, damping: float = 0.0, mu: float = 0.0,
+                    lam_per_layer: Mapping[str, float] | None = None) -> None:
+    """lam (also per layer), damping and mu are finite numbers >= 0; raises ValueError naming the bad one."""
+    for what, value in (("lam", lam), ("damping", damping), ("mu", mu),
+                        *((f"lam_per_layer[{k!r}]", v) for k, v in (lam_per_layer or {}).items())):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"prior {what} = {value!r}: must be a finite number >= 0 (a negative strength "
+                             "rewards moving away from the pre-trained weights)")
+
+
 class LaplacePrior:
     """``penalty(model) = sum_l lam_l q_l(dW_l)`` over the model's LoRA targets (see the module docstring).
 
@@ -188,8 +203,7 @@ class LaplacePrior:
         if curvature is not None and kind != PriorKind.L2SP and curvature.method != kind:
             raise ValueError(f"a {curvature.method} estimate cannot serve a {kind} prior")
         scaling = PriorScaling.parse(scaling, "scaling")
-        if damping < 0 or mu < 0:
-            raise ValueError(f"damping and mu must be >= 0, got {damping} and {mu}")
+        check_strengths(lam, damping, mu, lam_per_layer)
         if damping and kind != PriorKind.KFAC:
             raise ValueError(f"damping applies to the kfac prior only, not '{kind}'")
         if mix is not None and not (mix == "l2sp" or isinstance(mix, Curvature)):
@@ -238,6 +252,12 @@ class LaplacePrior:
             self._forms[name] = (main, other, weight)
         return self._forms[name]
 
+    def mean_eigenvalue(self, name: str) -> float:
+        """The mean eigenvalue ``tr(F) / numel`` of one layer's whole form as charged, damping and the
+        mixed-in form included: ``m_main + weight * m_mix = (1 + mu) m_main``."""
+        main, other, weight = self.forms(name)
+        return main.mean_eigenvalue + (weight * other.mean_eigenvalue if other is not None else 0.0)
+
     def _layer_scale(self, name: str) -> float:
         if self.scaling == "reference" and self.kind == "kfac":
             return self.curvature.samples / self.curvature.layers[name].tokens[0]
@@ -253,7 +273,7 @@ class LaplacePrior:
             trace = numel = weight = 0.0
             for name, target in targets.items():
                 W0 = target.weight().detach().float()
-                trace += self.forms(name)[0].mean_eigenvalue * W0.numel()
+                trace += self.mean_eigenvalue(name) * W0.numel()
                 numel += W0.numel()
                 weight += float((W0**2).sum())
             if trace <= 0 or weight <= 0:
@@ -296,6 +316,7 @@ def load_prior(model: nn.Module | Mapping[str, nn.Module], kind: str, lam: float
     if kind == "none":
         return None
     kind = PriorKind.parse(kind, "prior kind ('none' for no prior)")
+    check_strengths(lam, damping, mu, lam_per_layer)  # before reading (possibly large) curvature files
     estimate = None
     if kind != "l2sp":
         if not curvature:

@@ -14,18 +14,30 @@ A run folder holds:
 
 Paths in the model settings may be relative: `load_run` resolves them against the run folder (see
 :func:`resolve_paths`), so a folder moved together with its base model files still loads.
+
+A folder is one run: `run_name` names it from a few readable settings plus `settings_hash`, a hash of all
+the settings that shape the result (all but `NOT_IDENTITY`), so jobs of a sweep over any key get their own
+folders. `write_run` refuses to resume a folder whose ``run.json`` holds other settings (naming the keys
+that differ), and `run_lock` (a ``run.lock`` file holding the owner's pid and host) refuses a second live
+process on one folder; the lock of a process that died (same host, pid gone) is taken over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterable, Mapping
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -34,7 +46,13 @@ from .io import save_json, save_safetensors
 from .lora import load_adapter, save_adapter
 from .lora.targets import as_module
 
+logger = logging.getLogger(__name__)
+
 RUN_SETTINGS = "run.json"
+LOCK = "run.lock"
+NOT_IDENTITY = ("hydra", "family", "progress", "checkpoint_every", "device")
+"""Top-level settings that do not change what a run computes: left out of its identity and free to change
+when a run is resumed."""
 ADAPTER = "adapter"
 TRAINABLE = "trainable.safetensors"
 LEGACY_FAMILY = "styletts2"
@@ -101,12 +119,127 @@ class Run:
         return resolve_paths(self.settings.get("model") or {}, model_paths(self.family), self.folder)
 
 
+class RunConflictError(RuntimeError):
+    """The run folder belongs to another configuration, or another live process trains in it."""
+
+
+def _identity(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in NOT_IDENTITY}
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """8 hex digits of the sha256 of the settings' canonical JSON, `NOT_IDENTITY` keys left out."""
+    text = json.dumps(_identity(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_name(settings: Mapping[str, Any], readable: Iterable[str]) -> str:
+    """``<value>_<value>..._<settings_hash>``: the values at the dotted `readable` keys, then the hash that
+    tells apart runs equal in those keys. A key may carry a label (``"n=train_utterances"``); numbers and
+    None get one (default: the key's last part), strings stand alone: ``lora_kfac_lam1000.0_nNone_1a2b3c4d``."""
+    parts = []
+    for item in readable:
+        label, _, key = item.rpartition("=")
+        node: Any = settings
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        parts.append(str(node) if isinstance(node, str) else f"{label or key.rsplit('.', 1)[-1]}{node}")
+    return "_".join([*parts, settings_hash(settings)])
+
+
+def register_run_name_resolver() -> None:
+    """Make ``${run_name:key,...}`` usable in hydra configs (e.g. in ``hydra.run.dir``): `run_name` of the
+    whole job's config, hydra's own node left out, missing (``???``) values kept as such."""
+
+    def resolve(*keys: str, _root_: DictConfig) -> str:
+        raw = OmegaConf.to_container(_root_, resolve=False)
+        raw.pop("hydra", None)
+        return run_name(OmegaConf.to_container(OmegaConf.create(raw), resolve=True), keys)
+
+    OmegaConf.register_new_resolver("run_name", resolve, replace=True)
+
+
+def flatten_settings(settings: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{dotted key: leaf value}`` (an empty mapping is a leaf)."""
+    if isinstance(settings, Mapping) and settings:
+        return {k: v for key, value in settings.items()
+                for k, v in flatten_settings(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: settings}
+
+
+def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` over the identity settings (missing values are None)."""
+    a, b = flatten_settings(_identity(old)), flatten_settings(_identity(new))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
 def write_run(folder: str | os.PathLike, settings: Mapping[str, Any], family_name: str) -> Run:
-    """Start a run folder: write ``run.json`` (``settings`` with ``family`` set) atomically."""
+    """Start or resume a run folder: write ``run.json`` (``settings`` with ``family`` set) atomically.
+    Raises `RunConflictError` naming the differing keys when the folder already holds a run with other
+    settings (resuming it would mix two configurations)."""
     folder = Path(folder)
-    settings = {**dict(settings), "family": family_name}
+    settings = json.loads(json.dumps({**dict(settings), "family": family_name}, default=str))
+    if (folder / RUN_SETTINGS).is_file():
+        differences = settings_differences(read_run(folder).settings, settings)
+        if differences:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in differences.items()))
+            raise RunConflictError(f"{folder / RUN_SETTINGS}: this folder holds a run with other settings ({listed})."
+                                   " Choose another output folder (hydra.run.dir), or delete this one to start over")
     save_json(settings, folder / RUN_SETTINGS)
     return Run(folder, settings)
+
+
+def _holder(path: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        return holder if isinstance(holder, dict) and {"pid", "host"} <= set(holder) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+@contextmanager
+def run_lock(folder: str | os.PathLike, grace_s: float = 10.0) -> Iterator[Path]:
+    """Hold ``<folder>/run.lock`` (pid, host, start time) while the block runs; raises `RunConflictError` when a
+    live process holds it. The lock of a dead process (same host, pid gone) is taken over, as is an
+    unreadable one older than `grace_s` seconds (a process killed while creating it); a lock taken on
+    another host is never taken over (its process cannot be checked from here)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, host = folder / LOCK, socket.gethostname()
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is None and time.time() - path.stat().st_mtime < grace_s:
+                raise RunConflictError(f"{path}: another process is taking this run folder") from None
+            if holder is not None and (holder["host"] != host or _alive(int(holder["pid"]))):
+                raise RunConflictError(
+                    f"{path}: process {holder['pid']} on {holder['host']} (since {holder.get('started', '?')}) is "
+                    "training in this folder; wait for it, or choose another output folder. If that process is "
+                    "gone (e.g. another machine crashed), delete the lock file") from None
+            logger.warning("%s: taking over the lock of a process that is gone (%s)", path, holder)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, handle)
+        break
+    try:
+        yield path
+    finally:
+        holder = _holder(path)
+        if holder is not None and holder["pid"] == os.getpid() and holder["host"] == host:
+            path.unlink(missing_ok=True)
 
 
 def read_run(folder: str | os.PathLike) -> Run:

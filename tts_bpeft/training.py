@@ -1,13 +1,21 @@
 """A small resumable training loop, shared by every integration: gradient accumulation, the prior term,
 checkpoints that survive a kill, data-parallel gradients, a CSV log and a progress bar.
 
-Resuming is exact: a checkpoint holds the trainable tensors, the optimizer state, torch's RNG states and
-the position in the data (epoch, batches consumed), and `batches(epoch)` must give the same batches for
-the same epoch (seed the shuffling with the epoch). Killing the process and rerunning the same command
-therefore ends with the same weights as an uninterrupted run. Checkpoints and the log are written
-atomically (temp file + rename). A learning-rate scheduler (stepped once per optimizer step; e.g.
-`linear_schedule`) is checkpointed with the optimizer. `on_epoch_end(epoch)` (e.g. a validation metric)
-may return floats that are added to the epoch's last log row.
+Resuming is exact: a checkpoint holds the trainable tensors, the optimizer state, torch's RNG states (now,
+and at the start of the current epoch) and the position in the data (epoch, batches consumed). On resume
+the epoch's iterator is rebuilt from the epoch-start RNG state and the consumed batches are drawn again and
+dropped (so a sampler or worker seeds drawn from torch's RNG repeat), then the RNG state of the checkpoint is
+restored (so random draws of a collate function in the main process, e.g. random crops, are those the
+uninterrupted run made next). `batches(epoch)` must otherwise depend on the epoch only. Killing the process at
+any point, also while it writes a checkpoint, and rerunning the same command therefore ends with the same
+weights as an uninterrupted run. Checkpoints and the log are written atomically (temp file + rename); temp
+files left by a killed write are removed on resume. A learning-rate scheduler (stepped once per optimizer step;
+e.g. `linear_schedule`) and `extra_state` objects (e.g. discriminators) are checkpointed with the optimizer.
+`on_epoch_end(epoch)` (e.g. a validation metric) may return floats that are added to the epoch's last log row.
+
+Bad numbers stop the run: settings and the optimizer's hyperparameters are checked before the first step,
+and a non-finite loss term or prior stops training with `NonFiniteLossError` naming the step and the terms;
+weights that went non-finite are never checkpointed, so ``checkpoint.pt`` keeps the last good state.
 
 Data parallel: with ``torch.distributed`` initialised, each process passes its own shard of every global
 batch and the gradients of the trainable tensors are averaged before each optimizer step (the loss of a
@@ -50,6 +58,10 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss term, the prior or a trained tensor became NaN or infinite; the checkpoint holds the last good state."""
+
+
 @dataclass
 class TrainSettings:
     """How long and how to step: `epochs` over the data (capped by `max_steps` optimizer steps if set)."""
@@ -60,6 +72,29 @@ class TrainSettings:
     max_grad_norm: float | None = None
     checkpoint_every: int = 50
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        counts = {"epochs": self.epochs, "grad_accum": self.grad_accum, "checkpoint_every": self.checkpoint_every}
+        if self.max_steps is not None:
+            counts["max_steps"] = self.max_steps
+        for name, value in counts.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"training setting {name} = {value!r}: must be an integer >= 1")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"training setting max_grad_norm = {self.max_grad_norm!r}: must be > 0 and finite, "
+                             "or None for no clipping")
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Every numeric hyperparameter of every parameter group finite, learning rates >= 0."""
+    for index, group in enumerate(optimizer.param_groups):
+        for key, value in group.items():
+            numbers = value if isinstance(value, (tuple, list)) and key != "params" else (value,)
+            if key == "params" or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+                continue
+            if not all(math.isfinite(v) for v in numbers) or (key == "lr" and value < 0):
+                raise ValueError(f"optimizer parameter group {index}: {key} = {value!r} must be finite"
+                                 + (" and >= 0" if key == "lr" else ""))
 
 
 def _rank() -> tuple[int, int]:
@@ -100,24 +135,27 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int | None, w
 
 def save_training_state(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
                         position: Mapping[str, int], buffers: Mapping[str, Tensor] | None = None,
-                        scheduler: Scheduler | None = None, extra_state: Mapping[str, Stateful] | None = None
-                        ) -> None:
+                        scheduler: Scheduler | None = None, extra_state: Mapping[str, Stateful] | None = None,
+                        epoch_rng: Mapping[str, Any] | None = None) -> None:
     """Trainable tensors, other state that training changes (`buffers`: running statistics, spectral-norm
     vectors; `extra_state`: objects with their own state dicts), optimizer (and scheduler) state, RNG states
-    and data position, written atomically."""
+    (now, and `epoch_rng`: at the start of the epoch) and data position, written atomically."""
     state = {"trainable": {k: v.detach().cpu() for k, v in trainable.items()},
              "buffers": {k: v.detach().cpu() for k, v in (buffers or {}).items()},
              "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
              "optimizer": optimizer.state_dict(), "rng": _rng_state(), "position": dict(position)}
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
+    if epoch_rng is not None:
+        state["epoch_rng"] = dict(epoch_rng)
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_training_state(path: Path, trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
                         buffers: Mapping[str, Tensor] | None = None, scheduler: Scheduler | None = None,
-                        extra_state: Mapping[str, Stateful] | None = None) -> dict[str, int]:
-    """Restore a checkpoint written by `save_training_state`; returns the data position."""
+                        extra_state: Mapping[str, Stateful] | None = None) -> dict[str, Any]:
+    """Restore a checkpoint written by `save_training_state` (RNG states included); returns the data position
+    and, under ``"epoch_rng"``, the RNG states at the start of its epoch (None if not stored)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing = sorted(set(trainable) - set(state["trainable"])) + sorted(set(buffers or {}) - set(state["buffers"]))
     missing += sorted(set(extra_state or {}) - set(state.get("extra", {})))
@@ -135,7 +173,7 @@ def load_training_state(path: Path, trainable: Mapping[str, Tensor], optimizer: 
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    return state["position"]
+    return {**state["position"], "epoch_rng": state.get("epoch_rng")}
 
 
 class CsvLog:
@@ -178,6 +216,10 @@ class CsvLog:
         write_text(self.path, text)
 
 
+def _non_finite(values: Mapping[str, float]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if not math.isfinite(v)}
+
+
 def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
           batches: Callable[[int], Sized], step_loss: StepLoss, out_dir: str | os.PathLike,
           settings: TrainSettings | None = None, penalty: Callable[[], Tensor] | None = None,
@@ -195,16 +237,18 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
     inside `step_loss`) likewise. `scheduler` steps after every optimizer step. `on_epoch_end(epoch)`
     (1-based; also after a last, partial epoch cut by `max_steps`) returns floats added to that epoch's last
     log row. Returns ``{"steps", "epochs", "seconds", "last": last log row, "history": per-epoch means of the
-    log rows (plus the `on_epoch_end` values)}``.
+    log rows (plus the `on_epoch_end` values)}``. Raises `NonFiniteLossError` (after keeping the last good
+    checkpoint) when a loss term, the prior or the trained tensors become non-finite.
     """
     settings = settings or TrainSettings()
+    check_optimizer(optimizer)
     out_dir = Path(out_dir)
     rank, world = _rank()
     params = list(trainable.values())
     ckpt = out_dir / CHECKPOINT_NAME
     for stale in [*out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *out_dir.glob(f".{LOG_NAME}.*.tmp")]:
         stale.unlink()  # left by a run killed while writing; the previous checkpoint is intact
-    position = {"step": 0, "epoch": 0, "batch": 0}
+    position: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "epoch_rng": None}
     if resume and ckpt.is_file():
         position = load_training_state(ckpt, trainable, optimizer, buffers, scheduler, extra_state)
     log = CsvLog(out_dir / LOG_NAME, position["step"])
@@ -214,24 +258,48 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
     bar = tqdm(total=total, initial=position["step"], desc="fine-tuning", disable=not settings.progress or rank)
-    started, step = time.time(), position["step"]
+    started, step, saved = time.time(), position["step"], position["step"]
     last: dict[str, Any] = {}
 
-    def checkpoint(epoch: int, batch: int) -> None:
+    def checkpoint(epoch: int, batch: int, epoch_rng: Mapping[str, Any] | None) -> None:
+        nonlocal saved
+        bad = [name for name, tensor in trainable.items() if not torch.isfinite(tensor).all()]
+        if bad:
+            raise NonFiniteLossError(f"{out_dir}: after step {step} the trained tensors {bad[:5]} hold NaN or Inf "
+                                     f"(finite loss, so the update itself diverged); {ckpt} keeps step {saved}. "
+                                     "Lower the learning rate or set a max_grad_norm")
         if rank == 0:
             save_training_state(ckpt, trainable, optimizer, {"step": step, "epoch": epoch, "batch": batch}, buffers,
-                                scheduler, extra_state)
+                                scheduler, extra_state, epoch_rng)
             log.flush()
+        saved = step
+
+    def stop(epoch: int, index: int, bad: Mapping[str, float]) -> NonFiniteLossError:
+        if rank == 0:
+            log.flush()  # the rows of the good steps since the last checkpoint
+        return NonFiniteLossError(f"{out_dir}: non-finite {bad} at step {step + 1} (epoch {epoch}, batch {index}); "
+                                  f"training stopped, {ckpt} keeps step {saved}, the last good one. Check the "
+                                  "learning rate, the prior's lam and the data of that batch")
 
     for epoch in range(position["epoch"], settings.epochs):
         skip = position["batch"] if epoch == position["epoch"] else 0
+        if skip and position["epoch_rng"] is not None:
+            resumed_rng = _rng_state()
+            _set_rng_state(position["epoch_rng"])  # the iterator draws what it drew when the epoch began
+        epoch_rng = _rng_state()
+        iterator = iter(batches(epoch))
+        for _ in range(skip):  # consumed before the checkpoint; their random draws are undone just below
+            next(iterator, None)
+        if skip and position["epoch_rng"] is not None:
+            _set_rng_state(resumed_rng)
         accumulated, logs = 0, []
-        for index, batch in enumerate(batches(epoch)):
-            if index < skip:
-                continue
+        for index, batch in enumerate(iterator, start=skip):
             if step >= total:
                 break
             loss, values = step_loss(batch)
+            bad = _non_finite({"loss": float(loss.detach()), **values})
+            if bad:
+                raise stop(epoch, index, bad)
             (loss / settings.grad_accum).backward()
             logs.append(values)
             accumulated += 1
@@ -239,6 +307,8 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
                 continue
             prior = penalty() if penalty is not None else None
             if prior is not None:
+                if not math.isfinite(float(prior.detach())):
+                    raise stop(epoch, index, {"prior": float(prior.detach())})
                 prior.backward()
             if world > 1:
                 for p in params:
@@ -260,13 +330,16 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
             bar.update(1)
             bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4g}", prior=f"{last['prior']:.3g}")
             if step % settings.checkpoint_every == 0 or step == total:
-                checkpoint(epoch, index + 1)
+                if index + 1 < per_epoch or on_epoch_end is not None:
+                    checkpoint(epoch, index + 1, epoch_rng)
+                else:  # the epoch is done: resume at the next one (nothing draws between the two)
+                    checkpoint(epoch + 1, 0, None)
         if on_epoch_end is not None and log.rows and int(log.rows[-1]["epoch"]) == epoch:
             log.rows[-1].update(on_epoch_end(epoch + 1))
-            checkpoint(epoch + 1, 0)
+            checkpoint(epoch + 1, 0, None)
         if step >= total:
             break
     bar.close()
-    checkpoint(settings.epochs, 0)
+    checkpoint(settings.epochs, 0, None)
     return {"steps": step, "epochs": settings.epochs, "seconds": time.time() - started, "last": log.rows[-1]
             if log.rows else last, "history": log.epochs()}

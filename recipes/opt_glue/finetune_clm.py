@@ -1,6 +1,6 @@
 """LoRA fine-tuning of OPT as a causal LM (WikiText-2 / WikiText-103, or local text) with a Laplace prior.
 
-    python recipes/opt_glue/finetune_clm.py data.hub_name=wikitext-2-raw-v1 prior.kind=kfac prior.lam=1e5
+    python recipes/opt_glue/finetune_clm.py data.hub_name=wikitext-2-raw-v1 prior.kind=kfac prior.lam=1  # scale-free
     python recipes/opt_glue/finetune_clm.py model=tiny/model data.files=[tiny/news_train.txt] \
         data.validation_files=[tiny/news_dev.txt] data.block_size=64 prior.curvature=tiny/curvature_kfac.safetensors
 

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of OPT on a GLUE task (SST-2, QQP, QNLI, MNLI) with a Laplace prior.
 
-    python recipes/opt_glue/finetune_glue.py task=sst2 prior.kind=kfac prior.lam=1e5
+    python recipes/opt_glue/finetune_glue.py task=sst2 prior.kind=kfac prior.lam=1   # scale-free lam
     python recipes/opt_glue/finetune_glue.py model=tiny/model task=sst2 data.train_file=tiny/sst2_train.tsv \
         data.validation_file=tiny/sst2_dev.tsv prior.curvature=tiny/curvature_kfac.safetensors train.batch_size=8
 

@@ -10,7 +10,8 @@ Stages (each cached under ``out_dir``; a rerun reuses what is done):
 3. curvature: KFAC and EWC of the pre-trained model on pre-training utterances (the recipe's code);
 4. fine-tuning on the target speaker p248 with LoRA under each prior (the recipe's code);
 5. evaluation: held-out pre-training loss (forgetting), zero-shot speaker similarity to the target and to
-   unseen speakers (resemblyzer, offline), a table, CSV/JSON, a trade-off plot and wavs.
+   unseen speakers (SpeechBrain ECAPA when it can be had, else resemblyzer), a table, CSV/JSON, a trade-off
+   plot and wavs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.curvature import Curvature
+from tts_bpeft.eval.report import describe_backend
 from tts_bpeft.eval.speaker import load_speaker_encoder
 from tts_bpeft.eval.speaker_sets import TargetSplit, build_test_sets
 from tts_bpeft.eval.systems import SystemSpec, pretrained_system, run_system
@@ -34,6 +36,7 @@ from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 from tts_bpeft.family import DataOptions, Synthesizer, TTSModel, estimate_pretraining_curvature, family
 from tts_bpeft.io import save_json, write_text
 from tts_bpeft.prior import LaplacePrior
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import load_run, read_run
 from tts_bpeft.speech_data.libritts import read_libritts
 from tts_bpeft.speech_data.phonemes import Phonemizer
@@ -215,7 +218,8 @@ def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: 
 
     test_sets = build_test_sets(corpora["vctk"], TARGET, corpora["unseen"], cfg.evaluate.unseen_sentences,
                                 TargetSplit.from_runs(systems), cfg.seed)
-    result = evaluate_zero_shot(systems, test_sets, out / "evaluation", load, load_speaker_encoder("resemblyzer"),
+    encoder = load_speaker_encoder()  # ECAPA when it can be had, resemblyzer (announced) otherwise
+    result = evaluate_zero_shot(systems, test_sets, out / "evaluation", load, encoder,
                                 asr_skipped="the demo's toy model does not speak intelligibly; ASR is off",
                                 seed=cfg.seed, cache_dir=out / "cache")
     seconds = {f"lora+{p}": json.loads((d / "summary.json").read_text())["seconds"] for p, d in runs.items()}
@@ -225,7 +229,8 @@ def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: 
         table.append({"system": system.name, "prior": system.prior, "lam": system.lam,
                       "target_loss": losses[key]["target"], "heldout_loss": losses[key]["pretraining"],
                       "target_SIM": summary["target_SIM"], "unseen_SIM": summary["unseen_SIM"],
-                      "finetune_seconds": seconds.get(system.name)})
+                      "finetune_seconds": seconds.get(system.name),
+                      "SIM_encoder": describe_backend(result.meta["speaker_encoder"])})
     return table
 
 
@@ -251,7 +256,7 @@ def report(table: list[dict], out: Path, started: float) -> None:
     plot_forgetting(table, out / "forgetting.png")
     print("\ntarget loss: generator loss on the target speaker's held-out sentences (lower: better adapted); "
           "forgetting: held-out pre-training loss minus the pre-trained model's (lower: less forgotten); SIM: "
-          "resemblyzer cosine similarity of cloned speech to real speech of that speaker.")
+          f"cosine similarity of cloned speech to real speech of that speaker ({table[0]['SIM_encoder']}).")
     print("At this toy scale (a ~100M-parameter model pre-trained for minutes on synthetic voices) the audio "
           "is not yet speech and SIM differences are within noise; the held-out loss is the meaningful "
           "forgetting measure here. See README for the real setting.")
@@ -281,6 +286,7 @@ def plot_forgetting(table: list[dict], path: Path) -> Path:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="demo")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     started = time.time()
     out = Path(to_absolute_path(cfg.out_dir))
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -17,12 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.family import DataOptions, estimate_pretraining_curvature, family, model_paths
 from tts_bpeft.io import save_json
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import resolve_paths
 from tts_bpeft.speech_data.libritts import read_libritts
+from tts_bpeft.speech_data.phonemes import default_cache
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="estimate_curvature")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     styletts2 = family("styletts2")
     paths = [f"model.{key}" for key in model_paths("styletts2")] + ["libritts.root", "libritts.phoneme_cache"]
@@ -34,7 +37,7 @@ def main(cfg: DictConfig) -> None:
                          exclude=lora["exclude"])
     corpus = read_libritts(root, subsets=list(cfg.libritts.subsets), num_utterances=cfg.libritts.utterances,
                            seed=cfg.seed)
-    options = DataOptions(phoneme_cache=Path(settings["libritts"]["phoneme_cache"] or Path(root) / ".phonemes.json"),
+    options = DataOptions(phoneme_cache=Path(settings["libritts"]["phoneme_cache"] or default_cache()),
                           trim_db=cfg.libritts.trim_db, max_frames=cfg.max_frames)
     started = time.time()
     curvature = estimate_pretraining_curvature(

@@ -16,22 +16,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
-from tts_bpeft.eval.scoring import load_asr
+from tts_bpeft.eval.asr import load_asr
 from tts_bpeft.eval.speaker import load_speaker_encoder
 from tts_bpeft.eval.speaker_sets import PAPER_TARGET_SPEAKER, TargetSplit, build_test_sets
 from tts_bpeft.eval.synthesis import family_loader
 from tts_bpeft.eval.systems import collect_systems, target_speaker
 from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 from tts_bpeft.family import model_paths
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import resolve_paths
 
-PATHS = ("data.vctk_root", "similarity.source", "asr.model_dir", "phoneme_cache", "cache_dir")
+PATHS = ("data.vctk_root", "similarity.source", "asr.model_dir", "hub_cache", "phoneme_cache", "cache_dir")
 """Settings that name files or folders: made absolute against where the command ran when they exist there
 (a hub id or a name stays as it is)."""
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.cpu_threads:
         torch.set_num_threads(int(cfg.cpu_threads))
@@ -50,9 +52,10 @@ def main(cfg: DictConfig) -> None:
     print(f"systems: {', '.join(s.name for s in systems)}; target {speaker}; VCTK {vctk_root}")
     test_sets = build_test_sets(vctk_root, speaker, list(cfg.unseen.speakers), cfg.unseen.utterances, split,
                                 seed=cfg.seed)
-    encoder = load_speaker_encoder(cfg.similarity.backend, settings["similarity"]["source"], device=cfg.device)
-    threads = {"cpu_threads": int(cfg.cpu_threads)} if cfg.cpu_threads and cfg.asr.backend == "faster-whisper" else {}
-    asr, why = load_asr(cfg.asr.backend, settings["asr"]["model_dir"], cfg.device, **threads)
+    encoder = load_speaker_encoder(cfg.similarity.backend, settings["similarity"]["source"], cfg.device,
+                                   settings["hub_cache"])
+    asr, why = load_asr(cfg.asr.backend, settings["asr"]["model_dir"], cfg.device, int(cfg.cpu_threads or 0),
+                        settings["hub_cache"])
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     loader = family_loader(cfg.device, inference, cfg.seed, settings["phoneme_cache"])
     evaluate_zero_shot(systems, test_sets, out_dir, loader, encoder, asr, why, sim_refs=cfg.similarity.references,

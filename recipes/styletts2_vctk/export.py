@@ -9,10 +9,12 @@ The result loads with the original code's ``load_checkpoint`` and inference (``{
 import argparse
 from collections.abc import Sequence
 
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import export_run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    silence_known_warnings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finetune.py run folder (run.json + adapter/ or trainable.safetensors)")
     parser.add_argument("output", help="the checkpoint to write (.pth), atomically")

@@ -1,9 +1,11 @@
 """Fine-tune StyleTTS 2 on one VCTK speaker with LoRA and a Laplace prior (or a baseline system).
 
-    python finetune.py data.vctk_root=/data/VCTK-Corpus-0.92 prior=kfac prior.lam=1e3
-    python finetune.py -m data.vctk_root=... prior=none,ewc,kfac prior.lam=1e2,1e3,1e4   # a sweep
+    python finetune.py data.vctk_root=/data/VCTK-Corpus-0.92 prior=kfac prior.lam=1
+    python finetune.py -m data.vctk_root=... prior=none,ewc,kfac prior.lam=0.3,1,3,10   # a sweep
 
-Each run lands in its own folder (hydra) with its config; rerunning a killed run resumes it.
+Each run lands in its own folder, named by a few settings and a hash of all of them (so every job of a sweep
+has its own); rerunning a killed run resumes it; a folder holding another configuration, or used by a live
+process, is refused.
 """
 
 from pathlib import Path
@@ -14,14 +16,17 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from tts_bpeft.family import model_paths
-from tts_bpeft.runs import resolve_paths
+from tts_bpeft.quiet import silence_known_warnings
+from tts_bpeft.runs import register_run_name_resolver, resolve_paths
 from tts_bpeft.styletts2.finetune import finetune
 
 DATA_PATHS = ("data.vctk_root", "data.phoneme_cache", "prior.curvature")
+register_run_name_resolver()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     paths = [f"model.{key}" for key in model_paths("styletts2")] + list(DATA_PATHS)
     settings = resolve_paths(OmegaConf.to_container(cfg, resolve=True), paths, get_original_cwd())
     summary = finetune(settings, Path(HydraConfig.get().runtime.output_dir))

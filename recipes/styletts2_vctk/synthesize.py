@@ -15,12 +15,14 @@ from tqdm.auto import tqdm
 
 from tts_bpeft.family import Voice, family, model_paths
 from tts_bpeft.io import write_audio
+from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import load_run, resolve_paths
 from tts_bpeft.styletts2.curvature import utterance_seed
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     styletts2 = family("styletts2")
     paths = [f"model.{key}" for key in model_paths("styletts2")] + ["run", "texts_file", "reference"]
     settings = resolve_paths(OmegaConf.to_container(cfg, resolve=True), paths, get_original_cwd())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_cache import hub_cache_with
 
 SENTENCES = {
     "a": "The quick brown fox jumps over the lazy dog.",
@@ -140,3 +141,12 @@ def ecapa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels.update_from_iterable(SPEAKERS)
     labels.save(folder / "label_encoder.txt")
     return folder
+
+
+@pytest.fixture(scope="session")
+def ecapa_hub_cache(tmp_path_factory: pytest.TempPathFactory, ecapa_dir: Path) -> Path:
+    """A Hugging Face cache holding `ecapa_dir` as speechbrain/spkrec-ecapa-voxceleb (official
+    hyperparams: ``pretrained_path`` points at the hub id)."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    hub_cache_with(cache, "speechbrain/spkrec-ecapa-voxceleb", ecapa_dir)
+    return cache

@@ -1,12 +1,23 @@
-"""ASR backends: faster-whisper on clear synthetic speech, transformers Whisper from a local folder."""
+"""ASR backends: faster-whisper on clear synthetic speech, transformers Whisper from a local folder, and the
+default choice (the strongest Whisper in the Hugging Face cache, the bundled tiny.en announced otherwise)."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
+from hub_cache import hub_cache_with
 
-from tts_bpeft.eval.asr import FasterWhisperAsr, TransformersWhisperAsr, bundled_whisper_dir, intelligibility
+from tts_bpeft.eval.asr import (
+    STRONGER_WHISPERS,
+    FasterWhisperAsr,
+    TransformersWhisperAsr,
+    bundled_whisper_dir,
+    intelligibility,
+    load_asr,
+    transcribe_files,
+)
 
 
 def _bundled_or_skip():
@@ -77,7 +88,7 @@ def tiny_whisper_dir(tmp_path_factory):
 
 
 def test_transformers_whisper_local_folder(tiny_whisper_dir):
-    asr = TransformersWhisperAsr(tiny_whisper_dir, local_files_only=True, batch_size=2, max_new_tokens=6)
+    asr = TransformersWhisperAsr(tiny_whisper_dir, allow_network=False, batch_size=2, max_new_tokens=6)
     assert asr.describe() == {"backend": "transformers-whisper", "model": str(tiny_whisper_dir.resolve())}
     rng = np.random.default_rng(0)
     wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (16000, 8000, 12000)]
@@ -89,6 +100,55 @@ def test_transformers_whisper_local_folder(tiny_whisper_dir):
     assert asr.transcribe(wavs) == texts
 
 
-def test_transformers_whisper_hub_id_offline_error():
+def test_transformers_whisper_hub_id_offline_error(tmp_path):
     with pytest.raises(OSError, match="pass a local folder"):
-        TransformersWhisperAsr("openai/whisper-tiny.en", local_files_only=True)
+        TransformersWhisperAsr("openai/whisper-tiny.en", allow_network=False, hub_cache=tmp_path)
+
+
+def test_default_falls_back_to_the_bundled_tiny_en_and_says_why(tmp_path, caplog):
+    bundled = _bundled_or_skip()
+    with caplog.at_level(logging.WARNING):
+        asr, why = load_asr(hub_cache=tmp_path / "empty-cache", allow_network=False)
+    assert why is None and isinstance(asr, FasterWhisperAsr)
+    info = asr.describe()
+    assert info["model"] == str(bundled.resolve()) and "no stronger Whisper" in info["fallback"]
+    (record,) = [r for r in caplog.records if "bundled Whisper tiny.en" in r.getMessage()]
+    message = record.getMessage()
+    assert "\n" not in message and str(tmp_path / "empty-cache") in message and "out of reach" in message
+    assert all(repo in message for _, repo in STRONGER_WHISPERS)
+
+
+def test_default_takes_a_cached_ctranslate2_small_en(tmp_path, speech, sentences, caplog):
+    bundled = _bundled_or_skip()
+    # the cache holds tiny.en's files under the small.en name: the choice is by name, the weights are checked
+    hub_cache_with(tmp_path, "Systran/faster-whisper-small.en", bundled)
+    asr, why = load_asr(hub_cache=tmp_path, allow_network=False, cpu_threads=1)
+    assert why is None and asr.describe() == {"backend": "faster-whisper", "model": "Systran/faster-whisper-small.en"}
+    assert asr.model_dir.parent.name == "snapshots" and not caplog.records
+    files = [speech["slt_a"]]
+    assert transcribe_files(asr, files, progress=False) == transcribe_files(FasterWhisperAsr(bundled), files,
+                                                                          progress=False)
+
+
+def test_default_takes_the_strongest_cached_transformers_whisper(tmp_path, tiny_whisper_dir):
+    hub_cache_with(tmp_path, "openai/whisper-base.en", tiny_whisper_dir)
+    asr, _ = load_asr(hub_cache=tmp_path, allow_network=False)
+    assert isinstance(asr, TransformersWhisperAsr) and asr.model_id == "openai/whisper-base.en"
+    assert asr.language is None  # English-only model
+    hub_cache_with(tmp_path, "openai/whisper-small", tiny_whisper_dir)
+    asr, _ = load_asr(hub_cache=tmp_path, allow_network=False)
+    assert asr.describe() == {"backend": "transformers-whisper", "model": "openai/whisper-small"}
+    assert asr.language == "en"  # multilingual: told the language
+
+
+def test_default_with_a_model_folder_picks_its_backend(tiny_whisper_dir):
+    bundled = _bundled_or_skip()
+    asr, _ = load_asr(model_dir=bundled, allow_network=False)
+    assert isinstance(asr, FasterWhisperAsr)
+    asr, _ = load_asr(model_dir=tiny_whisper_dir, allow_network=False)
+    assert isinstance(asr, TransformersWhisperAsr)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="'whisperx'"):
+        load_asr("whisperx")

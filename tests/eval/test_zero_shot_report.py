@@ -141,3 +141,23 @@ def test_write_results_files_round_trip(tmp_path, scores) -> None:
     assert "ASR: skipped: no model here" in md and "| ft |" in md
     assert len(files["utterances_csv"].read_text().strip().splitlines()) == len(scores) + 1
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_every_result_file_names_the_scorers(tmp_path, scores) -> None:
+    rows = aggregate(scores)
+    meta = {"speaker_encoder": {"backend": "resemblyzer", "model": "GE2E",
+                                "fallback": "SpeechBrain ECAPA unavailable: not cached"},
+            "asr": {"backend": "faster-whisper", "model": "Systran/faster-whisper-small.en"}}
+    files = write_results(tmp_path, rows, summarize(rows), meta, scores)
+    md = files["summary_md"].read_text().splitlines()
+    assert md[0] == "Speaker similarity: resemblyzer (GE2E); fallback: SpeechBrain ECAPA unavailable: not cached  "
+    assert md[1] == "ASR: faster-whisper (Systran/faster-whisper-small.en)  "
+    for name in ("results_csv", "utterances_csv"):
+        with open(files[name], newline="") as handle:
+            records = list(csv.DictReader(handle))
+        assert len(records) == (len(rows) if name == "results_csv" else len(scores))
+        assert {r["SIM_encoder"] for r in records} == {"resemblyzer (GE2E)"}
+        assert {r["ASR_model"] for r in records} == {"faster-whisper (Systran/faster-whisper-small.en)"}
+    data = json.loads(files["results_json"].read_text())
+    assert data["speaker_encoder"]["fallback"].startswith("SpeechBrain ECAPA unavailable")
+    assert read_rows(files["results_csv"])[0]["SIM_encoder"] == "resemblyzer (GE2E)"

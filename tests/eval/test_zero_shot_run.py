@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from tts_bpeft.eval.asr import AsrBackend
+from tts_bpeft.eval.asr import AsrBackend, load_asr
 from tts_bpeft.eval.report import RESULT_COLUMNS, read_rows
-from tts_bpeft.eval.scoring import load_asr
 from tts_bpeft.eval.speaker import cosine_similarity, embed_audio, load_speaker_encoder
 from tts_bpeft.eval.speaker_sets import TargetSplit, build_test_sets
 from tts_bpeft.eval.synthesis import job_seed, plan_jobs

@@ -34,8 +34,9 @@ def _finetune_one_step(vctk_root: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def _evaluate(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _evaluate(args: list[str], hub_cache: Path) -> subprocess.CompletedProcess:
+    """The recipe with the hub switched off and an empty Hugging Face cache: the default scorers fall back."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache)}
     done = subprocess.run([sys.executable, str(RECIPE / "evaluate.py"), *args], capture_output=True, text=True,
                           env=env, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -53,8 +54,9 @@ def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
     args = [f"systems.runs=[{tmp_path / 'multirun'}]", "target_utterances=1", "unseen.speakers=[p225]",
             "unseen.utterances=1", "asr.backend=none", f"hydra.run.dir={out}", "progress=false",
             "cpu_threads=1", "+inference.max_token_frames=4"]
-    first = _evaluate(args)
+    first = _evaluate(args, tmp_path / "hf-cache")
     assert "speaker similarity backend: resemblyzer" in first.stdout
+    assert first.stdout.count("SpeechBrain ECAPA unavailable") == 3  # the notice, the backend line, the table
     assert "ASR: skipped: ASR disabled" in first.stdout
     assert "synthesizing 2 of 2 utterances" in first.stdout
 
@@ -71,6 +73,8 @@ def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
         assert r["SIM"] == "" or -1.0 <= float(r["SIM"]) <= 1.0
     data = json.loads((out / "results.json").read_text())
     assert data["speaker_encoder"]["backend"] == "resemblyzer"
+    assert str(tmp_path / "hf-cache") in data["speaker_encoder"]["fallback"]
+    assert {r["SIM_encoder"] for r in rows} == {f"resemblyzer ({data['speaker_encoder']['model']})"}
     wavs = sorted((out / "wavs").rglob("*.wav"))
     assert len(wavs) == 4
     for wav in wavs:
@@ -89,7 +93,7 @@ def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
     assert (out / "tradeoff.png").read_bytes()[:8] == PNG_SIGNATURE
 
     before = {w: w.stat().st_mtime_ns for w in wavs}
-    second = _evaluate(args)
+    second = _evaluate(args, tmp_path / "hf-cache")
     assert "pretrained: all 2 wavs already synthesized" in second.stdout
     assert "lora_l2sp_lam0.001: all 2 wavs already synthesized" in second.stdout
     assert {w: w.stat().st_mtime_ns for w in sorted((out / "wavs").rglob("*.wav"))} == before

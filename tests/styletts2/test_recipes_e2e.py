@@ -6,6 +6,7 @@ fine-tuning run resumes to the same adapter; two processes (torchrun-style, gloo
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from tts_bpeft.curvature import Curvature
 from tts_bpeft.family import Voice, family
+from tts_bpeft.quiet import KNOWN_LOG_RECORDS, KNOWN_WARNINGS
 from tts_bpeft.runs import load_run
 
 pytestmark = pytest.mark.slow
@@ -31,6 +33,9 @@ def recipe(script: str, *overrides: str, cwd: Path, check: bool = True) -> subpr
                           text=True, timeout=1800)
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    known = [k.message for k in (*KNOWN_WARNINGS, *KNOWN_LOG_RECORDS)]
+    noisy = [p for p in known if re.search(p, done.stdout + done.stderr, re.I)]
+    assert not noisy, f"{script} printed known third-party messages {noisy}: quiet logs broke"
     return done
 
 

@@ -27,13 +27,13 @@ def _run(name: str, overrides: list[str]) -> dict:
     return _module(name).run(cfg)
 
 
-def test_paper_defaults_in_configs():
+def test_paper_defaults_and_the_scale_free_lam_in_configs():
     with initialize_config_dir(config_dir=str(RECIPES / "conf"), version_base="1.3"):
         glue = compose(config_name="finetune_glue")
         curv = compose(config_name="estimate_curvature")
     assert (glue.lora.r, glue.lora.alpha, list(glue.lora.targets)) == (16, 32, ["q_proj", "v_proj"])
     assert (glue.train.lr, glue.train.epochs, glue.train.batch_size) == (5e-4, 3, 32)
-    assert glue.model == "facebook/opt-350m" and glue.prior.lam == 1e5
+    assert glue.model == "facebook/opt-350m" and (glue.prior.lam, glue.prior.scaling) == (1.0, "relative")
     assert (curv.data.num_documents, curv.data.block_size, curv.batch_size) == (20000, 1024, 1)
 
 

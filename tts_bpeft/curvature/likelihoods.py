@@ -16,11 +16,16 @@ likelihood     per-element NLL (constants dropped)         sampled target
 Per sample, elements are summed (``reduction="sum"``) or averaged over the sample's unmasked elements
 (``reduction="mean"``, what L1/MSE losses of TTS training do), then multiplied by ``weight``. ``mask``
 (broadcastable to the target, True = counted) removes padding. Sampled targets carry no gradient.
+
+`PerSampleDraws` wraps a term so that each sample draws its targets from its own seeded generator: the
+sampled targets of a sample are then the same whatever batch it is in (batch 1 or 8, any shard).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -131,3 +136,41 @@ class Laplace(Likelihood):
         u = torch.rand(loc.shape, generator=generator, device=loc.device) - 0.5
         noise = -self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF of Laplace(0, scale)
         return self._nll(loc + noise)
+
+
+def utterance_seed(seed: int, *parts: object) -> int:
+    """A stable per-utterance seed from a run seed and the utterance's identity (the same in every process
+    and run, unlike ``hash``)."""
+    return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
+
+
+@dataclass
+class PerSampleDraws(Likelihood):
+    """`term` (a dataclass likelihood over a batch of B samples) with targets drawn per sample: draw d of
+    sample i comes from a generator seeded with ``utterance_seed(seeds[i], d)``, so a sample's draws do not
+    depend on the batch it is in. Padding must trail a sample's real elements in row-major order (as a
+    (B, T) sequence padded at the end): the real elements then get the same noise however long the padding.
+    The generator passed to ``sampled_nll`` is not used."""
+
+    term: Likelihood
+    seeds: Sequence[int]
+    _draws: int = field(default=0, init=False, repr=False)
+
+    def nll(self) -> Tensor:
+        return self.term.nll()
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {f.name: v for f in fields(self.term) if isinstance(v := getattr(self.term, f.name), Tensor)}
+
+    def _sample(self, i: int) -> Likelihood:
+        """The term restricted to sample i: its tensor fields that have the batch as first dimension."""
+        batch = len(self.seeds)
+        return replace(self.term, **{name: v[i:i + 1] for name, v in self._tensors().items()
+                                     if v.dim() > 0 and v.shape[0] == batch})
+
+    def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
+        device = next(iter(self._tensors().values())).device
+        draws = [self._sample(i).sampled_nll(torch.Generator(device=device).manual_seed(utterance_seed(s, self._draws)))
+                 for i, s in enumerate(self.seeds)]
+        self._draws += 1
+        return torch.cat(draws)

@@ -21,7 +21,20 @@ stored dense (``"A"``, ``"G"``) or, after `compress`, as a truncated eigenbasis 
 
 File: one safetensors file, tensors ``"<layer>::<term>::<key>"``, metadata ``"tts_bpeft"`` = JSON header
 (method, fisher, variant, sample and token counts, layer kinds and shapes, base-weight fingerprint, data
-description, package version).
+description, package version, and ``"checksums"``: the crc32 of every tensor's stored bytes and of the header
+itself), so that a flipped bit anywhere is found when the file is read.
+
+Checks at load time (each failure names the file, the layer and the fix): the header is valid JSON with every
+key; every tensor the header lists is present, of a floating dtype, finite, of its shape and unchanged
+(checksum); counts are positive; diagonals (``diag``, ``scales``) and eigenvalues (``*_vals``) are
+non-negative; dense factors are symmetric (``max |M - M^T| <= 1e-4 max |M|``) and positive semi-definite
+within ``PSD_TOLERANCE``: ``M + PSD_TOLERANCE * max(diag M) I`` must have a Cholesky factor, i.e. the smallest
+eigenvalue is above ``-PSD_TOLERANCE`` times the largest diagonal entry (itself at most the largest
+eigenvalue). The Cholesky test (float64) costs a third of an eigendecomposition; a factor of more than
+``PSD_FULL_SIZE`` rows is tested on a random principal submatrix of that size (a necessary condition, so a
+big factor costs one 512 x 512 Cholesky); see ``benchmarks/bench_curvature_load.py`` for the time
+the checks add. With a model, the file's base-weight
+fingerprint must be present and match (``allow_fingerprint_mismatch=True`` is the explicit opt-out).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import hashlib
 import json
 import os
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,9 +84,54 @@ def layer_fingerprint(target: LoraTarget) -> str:
     return hashlib.sha256(weight).hexdigest()[:16]
 
 
+FORMAT = 2
+PSD_TOLERANCE = 1e-4
+PSD_FULL_SIZE = 512
+"""Dense factors may have eigenvalues down to ``-PSD_TOLERANCE * max(diag M)`` (float32 rounding of a Gram
+matrix); anything more negative is refused."""
+HEADER_KEYS = ("format", "method", "fisher", "kfac_approx", "samples", "mc_samples", "fingerprint", "description",
+               "version", "layers", "checksums")
+LAYER_KEYS = ("kind", "shape", "tokens", "fingerprint")
+TERM_FACTORS = {"kfac": ((("A",), ("A_vals", "A_vecs")), (("G",), ("G_vals", "G_vecs"))), "ewc": ((("diag",),),),
+                "ekfac": ((("A_basis",),), (("G_basis",),), (("scales",),))}
+"""Per method, the factors a term holds: for each slot, the alternative key sets (dense, or eigenbasis)."""
+REESTIMATE = "re-estimate it with estimate_curvature (recipes: estimate_curvature.py) or restore a good copy"
+
+
+def checksum(value: Tensor) -> str:
+    """crc32 of a tensor's stored bytes (its own dtype, C order), 8 hex digits."""
+    raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(raw):08x}"
+
+
+def _header_checksum(head: Mapping) -> str:
+    """crc32 of the header's canonical JSON without its own checksum entry."""
+    rest = {k: v for k, v in head.items() if k != "checksums"}
+    rest["checksums"] = {k: v for k, v in head.get("checksums", {}).items() if k != "header"}
+    return f"{zlib.crc32(json.dumps(rest, sort_keys=True).encode()):08x}"
+
+
+def _is_psd(value: Tensor) -> bool:
+    """``value + PSD_TOLERANCE * max(diag) I`` has a Cholesky factor (see the module docstring); for factors of
+    more than ``PSD_FULL_SIZE`` rows, the test runs on a principal submatrix of that many rows drawn at random
+    (every principal submatrix of a PSD matrix is PSD, so this can only miss, never wrongly refuse)."""
+    size = value.shape[0]
+    if size > PSD_FULL_SIZE:
+        rows = torch.randperm(size, generator=torch.Generator().manual_seed(size))[:PSD_FULL_SIZE]
+        value = value[rows][:, rows]
+    shift = PSD_TOLERANCE * max(float(value.diagonal().max()), 1e-30)
+    shifted = value.double() + shift * torch.eye(value.shape[0], dtype=torch.float64)
+    return torch.linalg.cholesky_ex(shifted).info.item() == 0
+
+
 def _check_factor(where: str, key: str, value: Tensor, size: int) -> None:
+    if not value.dtype.is_floating_point:
+        raise ValueError(f"{where}: factor {key} has dtype {value.dtype}, not a floating type; {REESTIMATE}")
     if not torch.isfinite(value).all():
-        raise ValueError(f"{where}: factor {key} has NaN or Inf values")
+        raise ValueError(f"{where}: factor {key} has NaN or Inf values; {REESTIMATE}")
+    if key in ("diag", "scales", "A_vals", "G_vals") and value.numel() and float(value.min()) < 0:
+        raise ValueError(f"{where}: factor {key} has negative entries (min {float(value.min()):.3g}); a Fisher "
+                         f"diagonal or eigenvalue is >= 0; {REESTIMATE}")
     if key in ("A", "G", "A_basis", "G_basis"):
         if value.shape != (size, size):
             raise ValueError(f"{where}: factor {key} has shape {tuple(value.shape)}, expected ({size}, {size})")
@@ -80,7 +139,33 @@ def _check_factor(where: str, key: str, value: Tensor, size: int) -> None:
             return
         asym = (value - value.T).abs().max().item()
         if asym > 1e-4 * max(value.abs().max().item(), 1e-30):
-            raise ValueError(f"{where}: factor {key} is not symmetric (max |M - M^T| = {asym:.3g})")
+            raise ValueError(f"{where}: factor {key} is not symmetric (max |M - M^T| = {asym:.3g}); {REESTIMATE}")
+        if float(value.diagonal().min()) < 0 or not _is_psd(value):
+            raise ValueError(f"{where}: factor {key} is not positive semi-definite (an eigenvalue below "
+                             f"-{PSD_TOLERANCE:g} x its largest diagonal entry); {REESTIMATE}")
+
+
+def _read_header(path: Path, meta: Mapping[str, str]) -> dict:
+    """The JSON header of a curvature file, its keys present and its own checksum verified."""
+    if "tts_bpeft" not in meta:
+        raise ValueError(f"{path}: no tts_bpeft header; not a curvature file written by this package")
+    try:
+        head = json.loads(meta["tts_bpeft"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the tts_bpeft header is not valid JSON ({error}); the file is damaged: "
+                         f"{REESTIMATE}") from error
+    if not isinstance(head, dict):
+        raise ValueError(f"{path}: the tts_bpeft header is not a JSON object; the file is damaged: {REESTIMATE}")
+    if head.get("format") != FORMAT:
+        raise ValueError(f"{path}: curvature file format {head.get('format')!r}, this package reads format {FORMAT} "
+                         f"(format 1 files carry no checksums); {REESTIMATE}")
+    missing = [k for k in HEADER_KEYS if k not in head]
+    if missing:
+        raise ValueError(f"{path}: the header lacks {missing}; {REESTIMATE}")
+    if head["checksums"].get("header") != _header_checksum(head):
+        raise ValueError(f"{path}: the header does not match its checksum (edited or damaged after it was "
+                         f"written); {REESTIMATE}")
+    return head
 
 
 class KroneckerFactors(NamedTuple):
@@ -213,7 +298,7 @@ class Curvature:
     # -- files -------------------------------------------------------------------------------------
     def header(self) -> dict:
         return {
-            "format": 1, "method": self.method, "fisher": self.fisher, "kfac_approx": self.kfac_approx,
+            "format": FORMAT, "method": self.method, "fisher": self.fisher, "kfac_approx": self.kfac_approx,
             "samples": self.samples, "mc_samples": self.mc_samples, "fingerprint": self.fingerprint,
             "description": self.description, "version": self.version,
             "layers": {n: {"kind": l.kind, "shape": list(l.shape), "tokens": l.tokens, "fingerprint": l.fingerprint,
@@ -223,10 +308,13 @@ class Curvature:
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write one safetensors file atomically; `dtype` (e.g. torch.bfloat16) shrinks it."""
-        tensors = {f"{name}::{i}::{key}": (value.to(dtype) if dtype is not None else value)
+        tensors = {f"{name}::{i}::{key}": (value.to(dtype) if dtype is not None else value).detach().cpu()
                    for name, layer in self.layers.items() for i, term in enumerate(layer.terms)
                    for key, value in term.items()}
-        return save_safetensors(tensors, path, metadata={"tts_bpeft": json.dumps(self.header())})
+        head = self.header()
+        head["checksums"] = {key: checksum(value) for key, value in tensors.items()}
+        head["checksums"]["header"] = _header_checksum(head)
+        return save_safetensors(tensors, path, metadata={"tts_bpeft": json.dumps(head)})
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | Mapping[str, nn.Module] | None = None,
@@ -239,35 +327,73 @@ class Curvature:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k).float() for k in f.keys()}
+                stored = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as error:  # safetensors raises its own error types
-            raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
-        if "tts_bpeft" not in meta:
-            raise ValueError(f"{path}: no tts_bpeft header; not a curvature file written by this package")
-        head = json.loads(meta["tts_bpeft"])
+            raise ValueError(f"{path}: not a readable safetensors file ({error}); {REESTIMATE}") from error
+        head = _read_header(path, meta)
         layers = {}
         for name, info in head["layers"].items():
-            terms: list[dict[str, Tensor]] = [{} for _ in info["tokens"]]
-            layers[name] = LayerCurvature(info["kind"], tuple(info["shape"]), terms, list(info["tokens"]),
-                                          info.get("fingerprint", ""))
-        for key, value in tensors.items():
+            where = f"{path}, layer {name!r}"
+            missing = [k for k in LAYER_KEYS if k not in info]
+            if missing:
+                raise ValueError(f"{where}: the header lacks {missing}; {REESTIMATE}")
+            tokens = info["tokens"]
+            if not isinstance(tokens, list) or not tokens or not all(type(t) is int for t in tokens):
+                raise ValueError(f"{where}: token counts {tokens!r} must be a list of integers, one per term; "
+                                 f"{REESTIMATE}")
+            layers[name] = LayerCurvature(info["kind"], tuple(info["shape"]), [{} for _ in tokens], list(tokens),
+                                          info["fingerprint"])
+        listed = head["checksums"]
+        for key in stored:
+            if key not in listed:
+                name = key.split("::")[0]
+                raise ValueError(f"{path}: tensor {key} belongs to no layer of the header"
+                                 if name not in layers else f"{path}: tensor {key} is not listed in the header; "
+                                 f"{REESTIMATE}")
+        for key in listed:
+            if key != "header" and key not in stored:
+                raise ValueError(f"{path}, layer {key.split('::')[0]!r}: tensor {key} is missing from the file; "
+                                 f"{REESTIMATE}")
+        for key, value in stored.items():
             name, index, factor = key.split("::")
-            if name not in layers:
+            if name not in layers or not index.isdigit() or int(index) >= len(layers[name].terms):
                 raise ValueError(f"{path}: tensor {key} belongs to no layer of the header")
             layers[name].terms[int(index)][factor] = value
         curvature = cls(head["method"], head["fisher"], head["kfac_approx"], layers, head["samples"],
                         head["mc_samples"], head["fingerprint"], head["description"], head["version"])
         curvature.check(str(path))
+        for key, value in stored.items():
+            if checksum(value) != listed[key]:
+                raise ValueError(f"{path}, layer {key.split('::')[0]!r}: tensor {key} does not match its checksum "
+                                 f"(the file was damaged after it was written); {REESTIMATE}")
+        for layer in layers.values():
+            layer.terms = [{k: v.float() for k, v in term.items()} for term in layer.terms]
         if model is not None:
             curvature.validate(lora_targets(model, adapter_name), allow_fingerprint_mismatch, str(path))
         return curvature
 
     # -- checks ------------------------------------------------------------------------------------
     def check(self, where: str = "curvature") -> None:
-        """Every factor finite, of the right shape, and symmetric (A, G)."""
+        """Counts positive; every layer's terms hold its method's factors, each floating, finite, of the right
+        shape, non-negative (diagonals, eigenvalues), symmetric positive semi-definite (A, G); see the module
+        docstring for the tolerances."""
+        if self.method not in TERM_FACTORS:
+            raise ValueError(f"{where}: unknown method {self.method!r} (one of {sorted(TERM_FACTORS)}); {REESTIMATE}")
+        for what, count in (("samples", self.samples), ("mc_samples", self.mc_samples)):
+            if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+                raise ValueError(f"{where}: {what} = {count!r}, must be a positive integer; {REESTIMATE}")
         for name, layer in self.layers.items():
             n_out, n_in = layer.shape
-            for term in layer.terms:
+            least = 0 if self.method == "ewc" else 1  # KFAC's A is a mean over tokens; EWC counts none
+            if len(layer.tokens) != len(layer.terms) or not all(t >= least for t in layer.tokens):
+                raise ValueError(f"{where}, layer {name!r}: token counts {layer.tokens} must be >= {least}, one per "
+                                 f"term ({len(layer.terms)}); {REESTIMATE}")
+            for index, term in enumerate(layer.terms):
+                absent = [" or ".join("+".join(keys) for keys in slot) for slot in TERM_FACTORS[self.method]
+                          if not any(all(k in term for k in keys) for keys in slot)]
+                if absent:
+                    raise ValueError(f"{where}, layer {name!r}, term {index}: no factor {absent} for a "
+                                     f"{self.method} estimate; {REESTIMATE}")
                 for key, value in term.items():
                     size = n_in if key.startswith("A") else n_out
                     _check_factor(f"{where}, layer {name!r}", key, value, size)
@@ -288,7 +414,14 @@ class Curvature:
             if shape != self.layers[name].shape:
                 raise ValueError(f"{where}, layer {name!r}: curvature shape {self.layers[name].shape}, "
                                  f"model weight {shape}")
-        if self.fingerprint and fingerprint(targets) != self.fingerprint:
+        if not self.fingerprint:
+            message = (f"{where} carries no base-weight fingerprint, so it cannot be checked against the model "
+                       "(estimate_curvature records one)")
+            if not allow_fingerprint_mismatch:
+                raise ValueError(message + "; re-estimate it, or pass allow_fingerprint_mismatch=True to use it "
+                                 "unchecked")
+            warnings.warn(message, stacklevel=3)
+        elif fingerprint(targets) != self.fingerprint:
             changed = [n for n, layer in self.layers.items()
                        if layer.fingerprint and layer.fingerprint != layer_fingerprint(targets[n])]
             message = (f"{where} was computed on other base weights (fingerprint {self.fingerprint}, "

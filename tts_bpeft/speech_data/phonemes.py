@@ -25,6 +25,18 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+CACHE_ENV = "TTS_BPEFT_CACHE"
+
+
+def default_cache() -> Path:
+    """The phoneme cache file used when none is named: ``$TTS_BPEFT_CACHE/phonemes.json``, else
+    ``$XDG_CACHE_HOME/tts_bpeft/phonemes.json``, else ``~/.cache/tts_bpeft/phonemes.json``. Its entries are
+    keyed by text and espeak settings, so one file serves every corpus, and corpora (often read-only) are
+    never written."""
+    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tts_bpeft"
+    return Path(root) / "phonemes.json"
+
+
 class Phonemizer:
     """espeak-ng phonemes as StyleTTS 2 makes them, with an optional json cache on disk.
 

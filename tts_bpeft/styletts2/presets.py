@@ -22,16 +22,16 @@ Grouped convolutions (the decoder's and predictor's depthwise ``pool`` upsampler
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Iterable, MutableMapping, Sequence
 
 from torch import nn
 
-from ..lora import LoraPlan, add_lora, plan_lora
+from ..lora import LoraPlan
+from ..lora.presets import PresetTable, Rule
 
 _GENERATOR = r"(bert|bert_encoder|predictor|predictor_encoder|style_encoder|decoder|diffusion|text_encoder)(\..*)?"
 
-PRESETS: dict[str, list[tuple[tuple[str, ...], str]]] = {
+PRESETS: dict[str, list[Rule]] = {
     "paper": [(("Linear",), r"(bert|bert_encoder|predictor|predictor_encoder|style_encoder|decoder|diffusion)(\..*)?")],
     "design": [
         (("Conv1d", "LSTM"), r"text_encoder\..*"),
@@ -47,30 +47,24 @@ PRESET_DESCRIPTIONS = {
     "all": "every Linear, Conv1d, ConvTranspose1d and LSTM of the generator modules",
 }
 
-UNUSED = ("bert.pooler", "decoder.generator.m_source.l_linear")
+UNUSED = {
+    "bert.pooler": "PL-BERT's pooler: StyleTTS 2 reads the token states, the pooled output gets no gradient",
+    "decoder.generator.m_source.l_linear": "the harmonic-source merge runs under no_grad",
+}
+TABLE = PresetTable(PRESETS, UNUSED)
 
 
 def preset_plan(model: MutableMapping[str, nn.Module], preset: str, extra: Iterable[str] = (),
                 exclude: Iterable[str] = (), r: int = 16) -> LoraPlan:
     """The layers a preset (plus `extra` patterns, minus `exclude`) selects on this model."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown LoRA preset {preset!r}; choose one of {sorted(PRESETS)}")
-    rules = list(PRESETS[preset]) + [((), pattern) for pattern in extra]
-    plan = LoraPlan()
-    for types, pattern in rules:
-        part = plan_lora(model, [*types, pattern], r=r, exclude=[*UNUSED, *exclude])
-        plan.selected += [p for p in part.selected if p.name not in plan.names]
-        plan.skipped += [s for s in part.skipped if s not in plan.skipped]
-    return plan
+    return TABLE.plan(model, preset, extra, exclude, r)
 
 
 def add_preset_lora(model: MutableMapping[str, nn.Module], preset: str, r: int = 16, alpha: float = 32,
                     dropout: float = 0.0, extra: Iterable[str] = (), exclude: Iterable[str] = (),
                     adapter_name: str = "default") -> MutableMapping[str, nn.Module]:
     """Add LoRA to the layers of a preset (the model dict is changed in place and returned)."""
-    names = preset_plan(model, preset, extra, exclude, r).names
-    return add_lora(model, [re.escape(n) for n in names], r=r, alpha=alpha, dropout=dropout,
-                    adapter_name=adapter_name)
+    return TABLE.add(model, preset, r, alpha, dropout, extra, exclude, adapter_name)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -132,7 +132,7 @@ def collate(
     items: Sequence[TTSItem],
     ref_items: Sequence[TTSItem] | None = None,
     ref_frames: int = REF_FRAMES,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> TTSBatch:
     """Batch items into a :class:`TTSBatch`.
 
@@ -141,7 +141,9 @@ def collate(
         ref_items: one reference utterance per item (same speaker); None picks, for each item, another
             item of its speaker inside the batch, or the item itself.
         ref_frames: fixed reference length T_ref in frames, >= 80 (StyleTTS 2's style encoders need 80).
-        generator: random source for the reference crop start; None uses torch's global one.
+        generator: random source for the reference crop starts: one for the batch, or one per item (crops
+            that do not depend on the batch an item is in); None uses torch's global one (then a resumed run
+            repeats the crops only because `tts_bpeft.training.train` restores that RNG).
     """
     if not items:
         raise ValueError("collate needs at least one item")
@@ -150,6 +152,9 @@ def collate(
     refs = _batch_references(items) if ref_items is None else list(ref_items)
     if len(refs) != len(items):
         raise ValueError(f"got {len(refs)} reference items for {len(items)} items")
+    generators = list(generator) if isinstance(generator, Sequence) else [generator] * len(items)
+    if len(generators) != len(items):
+        raise ValueError(f"got {len(generators)} generators for {len(items)} items")
     token_lengths = torch.tensor([it.tokens.shape[0] for it in items], dtype=torch.long)
     mel_lengths = torch.tensor([it.mel.shape[1] for it in items], dtype=torch.long)
     wave_lengths = torch.tensor([it.wave.shape[0] for it in items], dtype=torch.long)
@@ -160,7 +165,7 @@ def collate(
         mel_lengths=mel_lengths,
         waves=_pad_stack([it.wave for it in items], int(wave_lengths.max())),
         wave_lengths=wave_lengths,
-        ref_mels=_pad_stack([_fit_reference(r.mel, ref_frames, generator) for r in refs], ref_frames),
+        ref_mels=_pad_stack([_fit_reference(r.mel, ref_frames, g) for r, g in zip(refs, generators)], ref_frames),
         speakers=[it.speaker for it in items],
         paths=[it.path for it in items],
     )

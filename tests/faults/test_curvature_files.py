@@ -1,0 +1,214 @@
+"""Issue 17, item 6: a curvature file that is damaged or edited is refused when it is read, naming the file,
+the layer and the fix; nothing wrong reaches the first penalty.
+
+The files are damaged the way disks and hostile users do it: a bit flipped in the stored bytes, a tensor
+negated or replaced, a header value changed (and, to get past the header checksum, the checksum recomputed
+here from the documented format: crc32 of the header's sorted-key JSON without its ``"header"`` entry)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections import OrderedDict
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from tts_bpeft import Curvature, LaplacePrior, add_lora, estimate_curvature
+
+FIX = "re-estimate"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict(enc=nn.Linear(3, 5), act=nn.Tanh(), dec=nn.Linear(5, 2)))
+    model = add_lora(net, ["enc", "dec"], r=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # a non-zero weight shift, so that the penalty is not 0
+    x, y = torch.randn(6, 4, 3), torch.randn(6, 4, 2)
+
+    def loss_fn(m, batch):
+        return ((m(batch[0]) - batch[1]) ** 2).sum((1, 2))
+
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+    kfac = estimate_curvature(model, batches, loss_fn, progress=False)
+    ewc = estimate_curvature(model, batches, loss_fn, method="ewc", progress=False)
+    return model, kfac, ewc
+
+
+def read(path):
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["tts_bpeft"])
+
+
+def write(path, tensors, head, resign: bool):
+    """Save `tensors` with header `head`; with `resign`, recompute the header checksum (and those of the
+    tensors) as a careful forger would."""
+    head = json.loads(json.dumps(head))
+    if resign:
+        sums = head.get("checksums", {})
+        for key, value in tensors.items():
+            raw = value.contiguous().reshape(-1).view(torch.uint8).numpy()
+            sums[key] = f"{zlib.crc32(raw):08x}"
+        sums.pop("header", None)
+        head["checksums"] = sums
+        sums["header"] = f"{zlib.crc32(json.dumps(head, sort_keys=True).encode()):08x}"
+    save_file(tensors, str(path), metadata={"tts_bpeft": json.dumps(head)})
+    return path
+
+
+def flip_bit(path, key, index, bit):
+    """Flip one bit of element `index` (float32) of tensor `key` in the file's bytes."""
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack("<Q", data[:8])
+    begin = json.loads(data[8:8 + length])[key]["data_offsets"][0] + 8 + length
+    data[begin + 4 * index + bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_exponent_bit_is_refused_not_a_penalty_of_1e28(setup, tmp_path):
+    model, kfac, _ = setup
+    path = kfac.save(tmp_path / "k.safetensors")
+    good = LaplacePrior(Curvature.load(path, model), lam=1.0, scaling="package").penalty(model)
+    flip_bit(path, "enc::0::A", 4, 30)  # the diagonal entry (1, 1) times 2**128: finite, symmetric, still PSD
+    tensors, _ = read(path)
+    assert torch.isfinite(tensors["enc::0::A"]).all()  # no NaN check can find it
+    with pytest.raises(ValueError, match=rf"{path}.*layer 'enc'.*enc::0::A does not match its checksum.*{FIX}"):
+        Curvature.load(path, model)
+    assert 0 < float(good) < 1e3
+
+
+@pytest.mark.parametrize("resign", [False, True])
+def test_a_negated_factor_is_not_positive_semi_definite(setup, tmp_path, resign):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    tensors["dec::0::G"] = -tensors["dec::0::G"]
+    bad = write(tmp_path / "bad.safetensors", tensors, head, resign)
+    with pytest.raises(ValueError, match=rf"{bad}, layer 'dec'.*G is not positive semi-definite.*{FIX}"):
+        Curvature.load(bad)
+
+
+def test_an_indefinite_symmetric_factor_with_a_positive_diagonal_is_refused(setup, tmp_path):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    A = tensors["enc::0::A"].clone()
+    A[0, 1] = A[1, 0] = 2 * (A[0, 0] * A[1, 1]).sqrt()  # a 2 x 2 minor with a negative determinant
+    assert float(torch.linalg.eigvalsh(A.double()).min()) < -0.1 * float(A.diagonal().max())
+    tensors["enc::0::A"] = A
+    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
+    with pytest.raises(ValueError, match=r"layer 'enc'.*A is not positive semi-definite"):
+        Curvature.load(bad)
+
+
+def test_a_negative_ewc_diagonal_entry_is_refused(setup, tmp_path):
+    _, _, ewc = setup
+    tensors, head = read(ewc.save(tmp_path / "e.safetensors"))
+    tensors["enc::0::diag"][2, 1] = -1e-3
+    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
+    with pytest.raises(ValueError, match=rf"{bad}, layer 'enc'.*diag has negative entries.*{FIX}"):
+        Curvature.load(bad)
+
+
+def test_integer_factors_are_refused(setup, tmp_path):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    tensors["enc::0::A"] = torch.zeros(3, 3, dtype=torch.int64)
+    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
+    with pytest.raises(ValueError, match=r"layer 'enc'.*A has dtype torch.int64, not a floating type"):
+        Curvature.load(bad)
+
+
+@pytest.mark.parametrize("samples", [0, -5])
+def test_non_positive_sample_counts_are_refused(setup, tmp_path, samples):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    head["samples"] = samples
+    edited = write(tmp_path / "edited.safetensors", tensors, head, resign=False)
+    with pytest.raises(ValueError, match=rf"{edited}: the header does not match its checksum.*{FIX}"):
+        Curvature.load(edited)
+    forged = write(tmp_path / "forged.safetensors", tensors, head, resign=True)
+    with pytest.raises(ValueError, match=rf"{forged}: samples = {samples}, must be a positive integer"):
+        Curvature.load(forged)
+
+
+def test_changed_token_counts_are_refused(setup, tmp_path):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    head["layers"]["dec"]["tokens"] = [head["layers"]["dec"]["tokens"][0] + 1]  # plausible, but not what was counted
+    with pytest.raises(ValueError, match="header does not match its checksum"):
+        Curvature.load(write(tmp_path / "edited.safetensors", tensors, head, resign=False))
+    head["layers"]["dec"]["tokens"] = [0]
+    with pytest.raises(ValueError, match=r"layer 'dec': token counts \[0\] must be >= 1"):
+        Curvature.load(write(tmp_path / "forged.safetensors", tensors, head, resign=True))
+    head["layers"]["dec"]["tokens"] = [24, 24]  # two counts for one term
+    with pytest.raises(ValueError, match=r"layer 'dec', term 1: no factor \['A or A_vals\+A_vecs', 'G or"):
+        Curvature.load(write(tmp_path / "forged.safetensors", tensors, head, resign=True))
+
+
+def test_an_empty_fingerprint_no_longer_switches_the_model_check_off(setup, tmp_path):
+    model, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    head["fingerprint"] = ""
+    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
+    Curvature.load(bad)  # without a model there is nothing to compare
+    with pytest.raises(ValueError, match=rf"{bad} carries no base-weight fingerprint.*allow_fingerprint_mismatch"):
+        Curvature.load(bad, model)
+    with pytest.warns(UserWarning, match="no base-weight fingerprint"):
+        Curvature.load(bad, model, allow_fingerprint_mismatch=True)  # the explicit opt-out
+
+
+def test_a_flipped_header_byte_names_the_file(setup, tmp_path):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    text = json.dumps(head)
+    broken = text.replace('"samples":', '"samples";', 1)
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata={"tts_bpeft": broken})
+    with pytest.raises(ValueError, match=rf"{path}: the tts_bpeft header is not valid JSON.*{FIX}"):
+        Curvature.load(path)
+
+
+def test_a_missing_header_key_is_named(setup, tmp_path):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    mc_samples = head.pop("mc_samples")
+    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
+    with pytest.raises(ValueError, match=rf"{bad}: the header lacks \['mc_samples'\].*{FIX}"):
+        Curvature.load(bad)
+    head["mc_samples"] = mc_samples
+    del head["layers"]["dec"]["tokens"]
+    bad = write(tmp_path / "bad2.safetensors", tensors, head, resign=True)
+    with pytest.raises(ValueError, match=r"layer 'dec': the header lacks \['tokens'\]"):
+        Curvature.load(bad)
+
+
+def test_a_missing_tensor_is_found_at_load_time_not_at_the_first_penalty(setup, tmp_path):
+    _, kfac, _ = setup
+    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+    del tensors["dec::0::G"]
+    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=False)
+    with pytest.raises(ValueError, match=rf"{bad}, layer 'dec': tensor dec::0::G is missing from the file.*{FIX}"):
+        Curvature.load(bad)
+    head["checksums"].pop("dec::0::G")  # also unlisted: the term itself lacks a factor
+    bad = write(tmp_path / "bad2.safetensors", tensors, head, resign=True)
+    with pytest.raises(ValueError, match=r"layer 'dec', term 0: no factor \['G or G_vals\+G_vecs'\]"):
+        Curvature.load(bad)
+
+
+def test_good_files_still_round_trip_in_every_storage_form(setup, tmp_path):
+    model, kfac, ewc = setup
+    for curvature in (kfac, ewc, kfac.compress(2)):
+        for dtype in (None, torch.bfloat16):
+            path = curvature.save(tmp_path / f"{curvature.method}.safetensors", dtype=dtype)
+            loaded = Curvature.load(path, model)
+            for name in curvature.names:
+                for key, value in curvature.term(name).items():
+                    expected = value.to(dtype).float() if dtype is not None else value
+                    assert torch.equal(loaded.term(name)[key], expected)
