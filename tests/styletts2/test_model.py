@@ -219,12 +219,20 @@ def test_tiny_build_smoke():
     assert 95e6 < total < 110e6
     assert isinstance(model.decoder, ds.IstftnetDecoder)
     assert isinstance(model.style_encoder, ds.CheckedStyleEncoder)
-    # Aux models came from the files the helper wrote (seed AUX_SEED), not from the build's own draw.
+    # Aux models came from the files the helper wrote (weights drawn with AUX_SEED), not from the build's own draw.
+    from tiny_model import AUX_FILES
+
     expected = aux_modules(AUX_SEED)
+    ckpt.load_asr_checkpoint(expected["asr"], AUX_FILES["asr"])
+    ckpt.load_pitch_checkpoint(expected["pitch"], AUX_FILES["pitch"])
+    ckpt.load_plbert_checkpoint(expected["plbert"], AUX_FILES["plbert"])
     assert_same_weights(
         Munch(a=expected["asr"], p=expected["pitch"], b=expected["plbert"]),
         Munch(a=model.text_aligner, p=model.pitch_extractor, b=model.bert),
     )
+    fresh = build.build_styletts2(build.TINY_CONFIG)  # the build's own draw differs from the files
+    assert not torch.equal(fresh.text_aligner.state_dict()["init_cnn.conv.weight"],
+                           model.text_aligner.state_dict()["init_cnn.conv.weight"])
     with torch.no_grad(), eval_mode(model.style_encoder):
         assert model.style_encoder(torch.randn(1, 1, 80, 80)).abs().max() < 10
     assert model.style_encoder.training

@@ -17,6 +17,8 @@ from tts_bpeft.styletts2.build import TINY_CONFIG, asr_params, build_styletts2, 
 from tts_bpeft.styletts2.data.dataset import TTSBatch
 
 AUX_SEED = 123
+AUX_FILES: dict[str, Path] = {}
+"""The aux files `tiny_model` wrote and loaded (filled by its first call)."""
 
 
 def aux_modules(seed: int = AUX_SEED) -> dict[str, torch.nn.Module]:
@@ -52,6 +54,7 @@ def tiny_model() -> Munch:
     Built once per test session; tests must not change its weights (deep-copy it first)."""
     folder = Path(tempfile.mkdtemp(prefix="tiny_aux_"))
     paths = write_aux_checkpoints(folder, aux_modules())
+    AUX_FILES.update(paths)
     torch.manual_seed(0)
     return build_styletts2(TINY_CONFIG, aux_checkpoints=paths)
 
