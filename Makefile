@@ -8,10 +8,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-slow lint install system-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'   # every integration + test tools
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'   # every integration + test tools, versions as tested
 	$(PY) -m pip install --quiet --no-deps 'kokoro==0.9.4'  # Kokoro's torch classes only (see pyproject: extra kokoro)
 	touch $(STAMP)
 
