@@ -13,6 +13,8 @@ and merging writes ``W + dW`` through the layer's parametrisation (`tts_bpeft.lo
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from peft.tuners.lora import LoraConfig
 from torch import Tensor, nn
 
@@ -27,8 +29,9 @@ class _LoraConv(CustomLoraLayer):
     def _check_base(self, base_layer: nn.Module) -> None:
         self.kind = layer_kind(base_layer)
 
+    @abstractmethod
     def _make_lora_A(self, r: int) -> nn.Module:
-        raise NotImplementedError("subclasses build lora_A")
+        """``lora_A`` of a new rank-`r` adapter (a convolution shaped like the base layer's)."""
 
     def _make_factors(self, r: int, config: LoraConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
         dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import abstractmethod
 
 import torch
 from peft.tuners.lora import LoraConfig, LoraLayer
@@ -38,13 +39,13 @@ class CustomLoraLayer(nn.Module, LoraLayer):
     def _check_base(self, base_layer: nn.Module) -> None:
         """Refuse a base layer this class cannot adapt (and note what it needs of it)."""
 
+    @abstractmethod
     def _make_factors(self, r: int, config: LoraConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
         """``(lora_A, lora_B, dropout)`` of a new rank-`r` adapter."""
-        raise NotImplementedError
 
+    @abstractmethod
     def delta_weights(self, adapter_name: str) -> dict[str, Tensor]:
         """Parameter name of the base layer -> the adapter's dW in that parameter's stored shape."""
-        raise NotImplementedError
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config: LoraConfig,
                      **kwargs) -> None:
