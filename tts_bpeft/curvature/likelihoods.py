@@ -9,13 +9,14 @@ from the model's own predictive distribution (``sampled_nll``, the Monte-Carlo F
 likelihood     per-element NLL (constants dropped)         sampled target
 =============  ==========================================  ===========================================
 `Categorical`  ``-log softmax(logits)[y]`` (cross-entropy)  ``y ~ Categorical(softmax(logits))``
-`Gaussian`     ``(y - mean)^2 / (2 sigma^2)`` (MSE)         ``y = mean + sigma * N(0, 1)``
-`Laplace`      ``|y - loc| / scale`` (L1)                   ``y = loc + Laplace(0, scale)``
+`Gaussian`     ``(y - pred)^2 / (2 sigma^2)`` (MSE)         ``y = pred + sigma * N(0, 1)``
+`Laplace`      ``|y - pred| / scale`` (L1)                  ``y = pred + Laplace(0, scale)``
 =============  ==========================================  ===========================================
 
-Per sample, elements are summed (``reduction="sum"``) or averaged over the sample's unmasked elements
-(``reduction="mean"``, what L1/MSE losses of TTS training do), then multiplied by ``weight``. ``mask``
-(broadcastable to the target, True = counted) removes padding. Sampled targets carry no gradient.
+(``pred`` is the term's ``prediction``.) Per sample, elements are summed (``reduction="sum"``) or averaged
+over the sample's unmasked elements (``reduction="mean"``, what L1/MSE losses of TTS training do), then
+multiplied by ``weight``. ``mask`` (broadcastable to the target, True = counted) removes padding.
+Sampled targets carry no gradient.
 
 `PerSampleDraws` wraps a term so that each sample draws its targets from its own seeded generator: the
 sampled targets of a sample are then the same whatever batch it is in (batch 1 or 8, any shard).
@@ -24,6 +25,7 @@ sampled targets of a sample are then the same whatever batch it is in (batch 1 o
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -47,16 +49,18 @@ def _reduce(elementwise: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-class Likelihood:
+class Likelihood(ABC):
     """One likelihood term of a per-sample loss: ``nll()`` and ``sampled_nll()`` return shape (B,)."""
 
     weight: float = 1.0
 
+    @abstractmethod
     def nll(self) -> Tensor:
-        raise TypeError(f"{type(self).__name__} must define nll()")
+        """The NLL per sample with the real targets (B,)."""
 
+    @abstractmethod
     def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
-        raise TypeError(f"{type(self).__name__} must define sampled_nll()")
+        """The NLL per sample with targets drawn from the model's predictive distribution (B,)."""
 
 
 @dataclass
@@ -90,52 +94,61 @@ class Categorical(Likelihood):
 
 
 @dataclass
-class Gaussian(Likelihood):
-    """Squared error as a Gaussian with fixed standard deviation ``sigma``: ``mean``/``target`` (B, ...)."""
+class _AdditiveNoise(Likelihood):
+    """A real target as ``prediction`` plus noise (B, ...): the NLL is elementwise in the residual
+    ``target - prediction``, and a sampled target is ``prediction`` plus a draw of the noise."""
 
-    mean: Tensor
+    prediction: Tensor
     target: Tensor
     mask: Tensor | None = None
     weight: float = 1.0
     reduction: str = "sum"
-    sigma: float = 1.0
+
+    @abstractmethod
+    def _elementwise_nll(self, residual: Tensor) -> Tensor:
+        """The NLL of each element, constants dropped, from ``target - prediction`` (same shape)."""
+
+    @abstractmethod
+    def _noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A draw of the noise, the shape, dtype and device of ``like``."""
 
     def _nll(self, target: Tensor) -> Tensor:
-        elementwise = (target - self.mean.float()) ** 2 / (2 * self.sigma**2)
+        elementwise = self._elementwise_nll(target - self.prediction.float())
         return self.weight * _reduce(elementwise, self.mask, self.reduction)
 
     def nll(self) -> Tensor:
         return self._nll(self.target.float())
 
     def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
-        mean = self.mean.detach().float()
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-        return self._nll(mean + self.sigma * noise)
+        prediction = self.prediction.detach().float()
+        return self._nll(prediction + self._noise(prediction, generator))
 
 
 @dataclass
-class Laplace(Likelihood):
-    """Absolute error as a Laplace likelihood with fixed ``scale``: ``loc``/``target`` (B, ...)."""
+class Gaussian(_AdditiveNoise):
+    """Squared error as a Gaussian with mean ``prediction`` and fixed standard deviation ``sigma``."""
 
-    loc: Tensor
-    target: Tensor
-    mask: Tensor | None = None
-    weight: float = 1.0
-    reduction: str = "sum"
+    sigma: float = 1.0
+
+    def _elementwise_nll(self, residual: Tensor) -> Tensor:
+        return residual**2 / (2 * self.sigma**2)
+
+    def _noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self.sigma * torch.randn(like.shape, generator=generator, device=like.device)
+
+
+@dataclass
+class Laplace(_AdditiveNoise):
+    """Absolute error as a Laplace likelihood with location ``prediction`` and fixed ``scale``."""
+
     scale: float = 1.0
 
-    def _nll(self, target: Tensor) -> Tensor:
-        elementwise = (target - self.loc.float()).abs() / self.scale
-        return self.weight * _reduce(elementwise, self.mask, self.reduction)
+    def _elementwise_nll(self, residual: Tensor) -> Tensor:
+        return residual.abs() / self.scale
 
-    def nll(self) -> Tensor:
-        return self._nll(self.target.float())
-
-    def sampled_nll(self, generator: torch.Generator | None = None) -> Tensor:
-        loc = self.loc.detach().float()
-        u = torch.rand(loc.shape, generator=generator, device=loc.device) - 0.5
-        noise = -self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF of Laplace(0, scale)
-        return self._nll(loc + noise)
+    def _noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        u = torch.rand(like.shape, generator=generator, device=like.device) - 0.5
+        return -self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF of Laplace(0, scale)
 
 
 def utterance_seed(seed: int, *parts: object) -> int:
