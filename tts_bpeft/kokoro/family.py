@@ -38,7 +38,7 @@ from tts_bpeft.kokoro.curvature import (
     own_output_utterances,
 )
 from tts_bpeft.kokoro.predict import KokoroBatch
-from tts_bpeft.kokoro.presets import DESCRIPTIONS, add_preset_lora, preset_plan
+from tts_bpeft.kokoro.presets import DESCRIPTIONS, add_preset_lora
 from tts_bpeft.kokoro.synthesis import synthesize
 from tts_bpeft.kokoro.voices import load_voicepack
 from tts_bpeft.lora import merged_state_dict
@@ -144,9 +144,7 @@ class KokoroFamily:
     def add_preset(self, model: TTSModel, preset: str, r: int = 16, alpha: float = 32.0, dropout: float = 0.0,
                    extra: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
         """LoRA on the preset's layers of the ``KModel``; returns their names."""
-        names = preset_plan(model.net, preset, extra, exclude, r).names
-        add_preset_lora(model.net, preset, r=r, alpha=alpha, dropout=dropout, extra=extra, exclude=exclude)
-        return names
+        return add_preset_lora(model.net, preset, r=r, alpha=alpha, dropout=dropout, extra=extra, exclude=exclude)
 
     def curvature_batches(self, model: TTSModel, utterances: Sequence[Utterance], batch_size: int = 1,
                           seed: int = 0, options: DataOptions | None = None) -> list[KokoroBatch]:

@@ -66,8 +66,8 @@ def preset_plan(model: nn.Module, preset: str, extra: Iterable[str] = (), exclud
 
 def add_preset_lora(model: nn.Module, preset: str, r: int = 16, alpha: float = 32, dropout: float = 0.0,
                     extra: Iterable[str] = (), exclude: Iterable[str] = (), adapter_name: str = "default"
-                    ) -> nn.Module:
-    """Add LoRA to the layers of a preset (the ``KModel`` is changed in place and returned)."""
+                    ) -> list[str]:
+    """Add LoRA to the layers of a preset (the ``KModel`` is changed in place); returns their names."""
     return TABLE.add(model, preset, r, alpha, dropout, extra, exclude, adapter_name)
 
 

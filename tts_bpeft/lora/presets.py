@@ -54,9 +54,9 @@ class PresetTable:
 
     def add(self, model: nn.Module | MutableMapping[str, nn.Module], preset: str, r: int = 16,
             alpha: float = 32, dropout: float = 0.0, extra: Iterable[str] = (), exclude: Iterable[str] = (),
-            adapter_name: str = "default"):
-        """Add LoRA to the layers of a preset; returns the adapted model as `add_lora` does (a dict of
-        modules is changed in place)."""
+            adapter_name: str = "default") -> list[str]:
+        """Add LoRA to the layers of a preset, in place (a dict of modules too); returns their names."""
         names = self.plan(model, preset, extra, exclude, r).names
-        return add_lora(model, [f"^{re.escape(n)}$" for n in names], r=r, alpha=alpha, dropout=dropout,
-                        adapter_name=adapter_name)
+        add_lora(model, [f"^{re.escape(n)}$" for n in names], r=r, alpha=alpha, dropout=dropout,
+                 adapter_name=adapter_name)
+        return names

@@ -30,7 +30,7 @@ from .checkpoints import save_checkpoint
 from .curvature import LIKELIHOOD_TERMS, styletts2_loss_fn, utterance_seed
 from .data.dataset import TTSDataset, collate
 from .losses import GeneratorObjective
-from .presets import PRESET_DESCRIPTIONS, add_preset_lora, preset_plan
+from .presets import PRESET_DESCRIPTIONS, add_preset_lora
 from .slm import load_slm
 from .slm_generation import GenerationSettings
 from .synthesize import InferenceSettings, Synthesizer
@@ -133,9 +133,7 @@ class StyleTTS2Family:
     def add_preset(self, model: TTSModel, preset: str, r: int = 16, alpha: float = 32.0, dropout: float = 0.0,
                    extra: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
         """LoRA on the preset's layers of the generator modules; returns their names."""
-        names = preset_plan(model.net, preset, extra, exclude, r).names
-        add_preset_lora(model.net, preset, r=r, alpha=alpha, dropout=dropout, extra=extra, exclude=exclude)
-        return names
+        return add_preset_lora(model.net, preset, r=r, alpha=alpha, dropout=dropout, extra=extra, exclude=exclude)
 
     def curvature_batches(self, model: TTSModel, utterances: Sequence[Utterance], batch_size: int = 1,
                           seed: int = 0, options: DataOptions | None = None) -> Iterable[Any]:

@@ -62,8 +62,8 @@ def preset_plan(model: MutableMapping[str, nn.Module], preset: str, extra: Itera
 
 def add_preset_lora(model: MutableMapping[str, nn.Module], preset: str, r: int = 16, alpha: float = 32,
                     dropout: float = 0.0, extra: Iterable[str] = (), exclude: Iterable[str] = (),
-                    adapter_name: str = "default") -> MutableMapping[str, nn.Module]:
-    """Add LoRA to the layers of a preset (the model dict is changed in place and returned)."""
+                    adapter_name: str = "default") -> list[str]:
+    """Add LoRA to the layers of a preset (the model dict is changed in place); returns their names."""
     return TABLE.add(model, preset, r, alpha, dropout, extra, exclude, adapter_name)
 
 
