@@ -41,7 +41,8 @@ from tts_bpeft.runs import load_run, read_run
 from tts_bpeft.speech_data.libritts import read_libritts
 from tts_bpeft.speech_data.phonemes import Phonemizer
 from tts_bpeft.speech_data.selection import split_per_speaker
-from tts_bpeft.speech_data.synthetic import Voice, available_voices, make_libritts, make_vctk
+from tts_bpeft.speech_data.synthesizers import Voice, available_voices
+from tts_bpeft.speech_data.synthetic import make_libritts, make_vctk
 from tts_bpeft.styletts2.finetune import finetune, heldout_loss, target_splits
 
 TARGET = "p248"

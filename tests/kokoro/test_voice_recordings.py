@@ -10,7 +10,8 @@ import soundfile as sf
 
 from tts_bpeft.speech_data.issues import BadInputError
 from tts_bpeft.speech_data.recordings import RecordingLimits, read_recordings, read_vctk_speaker
-from tts_bpeft.speech_data.synthetic import make_recordings, piper_voice
+from tts_bpeft.speech_data.synthesizers import piper_voice
+from tts_bpeft.speech_data.synthetic import make_recordings
 
 
 def voiced(seconds: float, rate: int, f0: float = 140.0, amplitude: float = 0.3) -> np.ndarray:

@@ -11,7 +11,8 @@ import soundfile as sf
 from test_data_support import LIBRITTS_SPEAKERS, LIBRITTS_UTTERANCES, VCTK_SPEAKERS, VCTK_UTTERANCES
 
 from tts_bpeft.speech_data.sentences import NUM_SENTENCES, SENTENCES, sentence
-from tts_bpeft.speech_data.synthetic import assign_voices, available_voices, make_libritts, make_vctk
+from tts_bpeft.speech_data.synthesizers import assign_voices, available_voices
+from tts_bpeft.speech_data.synthetic import make_libritts, make_vctk
 
 
 def test_sentences_distinct_and_plain() -> None:

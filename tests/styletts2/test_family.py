@@ -116,7 +116,7 @@ def test_training_step_gives_gradients_to_the_adapter_only(styletts2, adapted, u
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from tts_bpeft.speech_data.synthetic import available_voices
+    from tts_bpeft.speech_data.synthesizers import available_voices
 
     wave, rate = available_voices()[0].synthesize("A short reference recording of this speaker's voice.")
     path = tmp_path_factory.mktemp("family_ref") / "ref.wav"

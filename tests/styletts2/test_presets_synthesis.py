@@ -58,7 +58,7 @@ def test_all_preset_extends_design_and_user_patterns():
 
 @pytest.fixture(scope="module")
 def reference_wav(tmp_path_factory):
-    from tts_bpeft.speech_data.synthetic import available_voices
+    from tts_bpeft.speech_data.synthesizers import available_voices
 
     voice = available_voices()[0]
     wave, rate = voice.synthesize("A short reference recording of this speaker's voice for cloning.")

@@ -1,4 +1,4 @@
-"""Audio loading and StyleTTS 2's mel spectrogram.
+"""Audio checks and loading, and StyleTTS 2's mel spectrogram.
 
 Waves are float32 numpy arrays (samples,) in [-1, 1] at :data:`SAMPLE_RATE` (24 kHz). The mel is the one
 StyleTTS 2 trains on: n_fft 2048, window 1200, hop 300 (12.5 ms, 80 frames per second), 80 mel bands,
@@ -8,6 +8,7 @@ centred frames (``1 + samples // 300`` of them), normalised as ``(log(1e-5 + mel
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from tts_bpeft.speech_data.issues import EMPTY, TOO_SHORT, UNREADABLE, WRONG_CHANNELS, BadInputError
+from tts_bpeft.speech_data.issues import EMPTY, TOO_SHORT, UNREADABLE, WRONG_CHANNELS, BadInputError, SkipReport, handle
+from tts_bpeft.speech_data.records import Utterance
 
 SAMPLE_RATE = 24000
 HOP_LENGTH = 300
@@ -86,6 +88,25 @@ def probe_audio(
     _check_channels(path, info.channels, mix_to_mono)
     _check_length(path, round(info.frames * SAMPLE_RATE / info.samplerate), min_frames)
     return AudioInfo(info.samplerate, info.channels, info.frames)
+
+
+def first_usable(draw: Iterable[Utterance], wanted: int, report: SkipReport, strict: bool,
+                 check_audio: bool = True, mix_to_mono: bool = False) -> list[Utterance]:
+    """The first ``wanted`` utterances of ``draw`` whose file passes :func:`probe_audio` (every one when not
+    ``check_audio``). A bad file raises under ``strict``; otherwise it goes to ``report`` and the next
+    utterance of the draw takes its place."""
+    kept: list[Utterance] = []
+    for utt in draw:
+        if len(kept) == wanted:
+            break
+        if check_audio:
+            try:
+                probe_audio(utt.path, mix_to_mono=mix_to_mono)
+            except BadInputError as err:
+                handle(err, report, strict)
+                continue
+        kept.append(utt)
+    return kept
 
 
 def load_audio(

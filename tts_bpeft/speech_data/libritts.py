@@ -16,20 +16,13 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tts_bpeft.speech_data.audio import probe_audio
-from tts_bpeft.speech_data.issues import (
-    MISSING_AUDIO,
-    MISSING_TRANSCRIPT,
-    UNKNOWN_SPEAKER,
-    BadInputError,
-    SkipReport,
-    handle,
-)
-from tts_bpeft.speech_data.records import Utterance
-from tts_bpeft.speech_data.selection import sample_nested
+from .audio import first_usable
+from .issues import MISSING_AUDIO, MISSING_TRANSCRIPT, UNKNOWN_SPEAKER, BadInputError, SkipReport, handle
+from .records import Corpus, Utterance
+from .selection import sample_nested
 
 TEXT_KINDS = ("normalized", "original")
 _TSV_COLUMN = {"original": 1, "normalized": 2}  # trans.tsv columns: id, original text, normalized text
@@ -45,14 +38,8 @@ class LibriTTSSpeaker:
     name: str
 
 
-@dataclass
-class LibriTTSCorpus:
-    """The selected utterances (paths absolute), the speakers' metadata, and what was skipped."""
-
-    root: Path
-    speakers: dict[str, LibriTTSSpeaker]
-    utterances: list[Utterance]
-    report: SkipReport = field(default_factory=SkipReport)
+class LibriTTSCorpus(Corpus[LibriTTSSpeaker]):
+    """The LibriTTS utterances :func:`read_libritts` selected, with speakers.tsv rows."""
 
 
 def read_speakers_tsv(path: str | os.PathLike) -> dict[str, LibriTTSSpeaker]:
@@ -162,17 +149,8 @@ def read_libritts(
             strict,
         )
     wanted = len(candidates) if num_utterances is None else num_utterances
-    utterances: list[Utterance] = []
-    for utt in sample_nested(candidates, len(candidates), seed):
-        if len(utterances) == wanted:
-            break
-        if check_audio:
-            try:
-                probe_audio(utt.path, mix_to_mono=mix_to_mono)
-            except BadInputError as err:
-                handle(err, report, strict)
-                continue
-        utterances.append(utt)
+    utterances = first_usable(sample_nested(candidates, len(candidates), seed), wanted, report, strict,
+                              check_audio, mix_to_mono)
     if len(utterances) < wanted:
         report.note(f"asked for {wanted} utterances, only {len(utterances)} usable")
     return LibriTTSCorpus(root, {s: info[s] for s in sorted(found) if s in info}, utterances, report)

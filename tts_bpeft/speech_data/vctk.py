@@ -16,20 +16,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tts_bpeft.speech_data.audio import probe_audio
-from tts_bpeft.speech_data.issues import (
-    MISSING_AUDIO,
-    MISSING_TRANSCRIPT,
-    UNKNOWN_SPEAKER,
-    BadInputError,
-    SkipReport,
-    handle,
-)
-from tts_bpeft.speech_data.records import Utterance
-from tts_bpeft.speech_data.selection import sample_per_speaker
+from .audio import first_usable
+from .issues import MISSING_AUDIO, MISSING_TRANSCRIPT, UNKNOWN_SPEAKER, BadInputError, SkipReport, handle
+from .records import Corpus, Utterance
+from .selection import sample_per_speaker
 
 AUDIO_FOLDER = "wav48_silence_trimmed"
 MICS = ("mic1", "mic2")
@@ -48,14 +41,8 @@ class VCTKSpeaker:
     comment: str
 
 
-@dataclass
-class VCTKCorpus:
-    """The selected utterances (paths absolute), the speakers' metadata, and what was skipped."""
-
-    root: Path
-    speakers: dict[str, VCTKSpeaker]
-    utterances: list[Utterance]
-    report: SkipReport = field(default_factory=SkipReport)
+class VCTKCorpus(Corpus[VCTKSpeaker]):
+    """The VCTK utterances :func:`read_vctk` selected, with speaker-info.txt rows."""
 
 
 def parse_speaker_line(line: str) -> VCTKSpeaker:
@@ -183,18 +170,9 @@ def read_vctk(
             continue
         candidates = _speaker_candidates(root, speaker, mic, report, strict)
         wanted = len(candidates) if utterances_per_speaker is None else utterances_per_speaker
-        kept = 0
-        for utt in sample_per_speaker(candidates, len(candidates), seed):
-            if kept == wanted:
-                break
-            if check_audio:
-                try:
-                    probe_audio(utt.path, mix_to_mono=mix_to_mono)
-                except BadInputError as err:
-                    handle(err, report, strict)
-                    continue
-            utterances.append(utt)
-            kept += 1
-        if kept < wanted:
-            report.note(f"{speaker}: asked for {wanted} utterances, only {kept} usable")
+        kept = first_usable(sample_per_speaker(candidates, len(candidates), seed), wanted, report, strict,
+                            check_audio, mix_to_mono)
+        utterances += kept
+        if len(kept) < wanted:
+            report.note(f"{speaker}: asked for {wanted} utterances, only {len(kept)} usable")
     return VCTKCorpus(root, {s: info[s] for s in chosen if s in info}, utterances, report)
