@@ -85,121 +85,101 @@ def test_a_flipped_exponent_bit_is_refused_not_a_penalty_of_1e28(setup, tmp_path
     assert 0 < float(good) < 1e3
 
 
+@pytest.fixture
+def kfac_file(setup, tmp_path):
+    """The tensors and the header of the KFAC estimate's file, to edit."""
+    return read(setup[1].save(tmp_path / "k.safetensors"))
+
+
+def refused(tmp_path, tensors, head, match, resign=True, name="bad", model=None):
+    """Write the edited file; loading it must raise a ValueError that names the file and matches `match`."""
+    path = write(tmp_path / f"{name}.safetensors", tensors, head, resign)
+    with pytest.raises(ValueError, match=match) as error:
+        Curvature.load(path, model)
+    assert str(path) in str(error.value)
+
+
 @pytest.mark.parametrize("resign", [False, True])
-def test_a_negated_factor_is_not_positive_semi_definite(setup, tmp_path, resign):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_a_negated_factor_is_not_positive_semi_definite(kfac_file, tmp_path, resign):
+    tensors, head = kfac_file
     tensors["dec::0::G"] = -tensors["dec::0::G"]
-    bad = write(tmp_path / "bad.safetensors", tensors, head, resign)
-    with pytest.raises(ValueError, match=rf"{bad}, layer 'dec'.*G is not positive semi-definite.*{FIX}"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, rf", layer 'dec'.*G is not positive semi-definite.*{FIX}", resign)
 
 
-def test_an_indefinite_symmetric_factor_with_a_positive_diagonal_is_refused(setup, tmp_path):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_an_indefinite_symmetric_factor_with_a_positive_diagonal_is_refused(kfac_file, tmp_path):
+    tensors, head = kfac_file
     A = tensors["enc::0::A"].clone()
     A[0, 1] = A[1, 0] = 2 * (A[0, 0] * A[1, 1]).sqrt()  # a 2 x 2 minor with a negative determinant
     assert float(torch.linalg.eigvalsh(A.double()).min()) < -0.1 * float(A.diagonal().max())
     tensors["enc::0::A"] = A
-    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
-    with pytest.raises(ValueError, match=r"layer 'enc'.*A is not positive semi-definite"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, r"layer 'enc'.*A is not positive semi-definite")
 
 
 def test_a_negative_ewc_diagonal_entry_is_refused(setup, tmp_path):
-    _, _, ewc = setup
-    tensors, head = read(ewc.save(tmp_path / "e.safetensors"))
+    tensors, head = read(setup[2].save(tmp_path / "e.safetensors"))
     tensors["enc::0::diag"][2, 1] = -1e-3
-    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
-    with pytest.raises(ValueError, match=rf"{bad}, layer 'enc'.*diag has negative entries.*{FIX}"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, rf", layer 'enc'.*diag has negative entries.*{FIX}")
 
 
-def test_integer_factors_are_refused(setup, tmp_path):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_integer_factors_are_refused(kfac_file, tmp_path):
+    tensors, head = kfac_file
     tensors["enc::0::A"] = torch.zeros(3, 3, dtype=torch.int64)
-    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
-    with pytest.raises(ValueError, match=r"layer 'enc'.*A has dtype torch.int64, not a floating type"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, r"layer 'enc'.*A has dtype torch.int64, not a floating type")
 
 
 @pytest.mark.parametrize("samples", [0, -5])
-def test_non_positive_sample_counts_are_refused(setup, tmp_path, samples):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_non_positive_sample_counts_are_refused(kfac_file, tmp_path, samples):
+    tensors, head = kfac_file
     head["samples"] = samples
-    edited = write(tmp_path / "edited.safetensors", tensors, head, resign=False)
-    with pytest.raises(ValueError, match=rf"{edited}: the header does not match its checksum.*{FIX}"):
-        Curvature.load(edited)
-    forged = write(tmp_path / "forged.safetensors", tensors, head, resign=True)
-    with pytest.raises(ValueError, match=rf"{forged}: samples = {samples}, must be a positive integer"):
-        Curvature.load(forged)
+    refused(tmp_path, tensors, head, rf": the header does not match its checksum.*{FIX}", resign=False)
+    refused(tmp_path, tensors, head, rf": samples = {samples}, must be a positive integer", name="forged")
 
 
-def test_changed_token_counts_are_refused(setup, tmp_path):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_changed_token_counts_are_refused(kfac_file, tmp_path):
+    tensors, head = kfac_file
     head["layers"]["dec"]["tokens"] = [head["layers"]["dec"]["tokens"][0] + 1]  # plausible, but not what was counted
-    with pytest.raises(ValueError, match="header does not match its checksum"):
-        Curvature.load(write(tmp_path / "edited.safetensors", tensors, head, resign=False))
+    refused(tmp_path, tensors, head, "header does not match its checksum", resign=False)
     head["layers"]["dec"]["tokens"] = [0]
-    with pytest.raises(ValueError, match=r"layer 'dec': token counts \[0\] must be >= 1"):
-        Curvature.load(write(tmp_path / "forged.safetensors", tensors, head, resign=True))
+    refused(tmp_path, tensors, head, r"layer 'dec': token counts \[0\] must be >= 1")
     head["layers"]["dec"]["tokens"] = [24, 24]  # two counts for one term
-    with pytest.raises(ValueError, match=r"layer 'dec', term 1: no factor \['A or A_vals\+A_vecs', 'G or"):
-        Curvature.load(write(tmp_path / "forged.safetensors", tensors, head, resign=True))
+    refused(tmp_path, tensors, head, r"layer 'dec', term 1: no factor \['A or A_vals\+A_vecs', 'G or")
 
 
-def test_an_empty_fingerprint_no_longer_switches_the_model_check_off(setup, tmp_path):
-    model, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_an_empty_fingerprint_no_longer_switches_the_model_check_off(setup, kfac_file, tmp_path):
+    model = setup[0]
+    tensors, head = kfac_file
     head["fingerprint"] = ""
-    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
+    refused(tmp_path, tensors, head, r" carries no base-weight fingerprint.*allow_fingerprint_mismatch", model=model)
+    bad = tmp_path / "bad.safetensors"
     Curvature.load(bad)  # without a model there is nothing to compare
-    with pytest.raises(ValueError, match=rf"{bad} carries no base-weight fingerprint.*allow_fingerprint_mismatch"):
-        Curvature.load(bad, model)
     with pytest.warns(UserWarning, match="no base-weight fingerprint"):
         Curvature.load(bad, model, allow_fingerprint_mismatch=True)  # the explicit opt-out
 
 
-def test_a_flipped_header_byte_names_the_file(setup, tmp_path):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
-    text = json.dumps(head)
-    broken = text.replace('"samples":', '"samples";', 1)
+def test_a_flipped_header_byte_names_the_file(kfac_file, tmp_path):
+    tensors, head = kfac_file
+    broken = json.dumps(head).replace('"samples":', '"samples";', 1)
     path = tmp_path / "bad.safetensors"
     save_file(tensors, str(path), metadata={"tts_bpeft": broken})
     with pytest.raises(ValueError, match=rf"{path}: the tts_bpeft header is not valid JSON.*{FIX}"):
         Curvature.load(path)
 
 
-def test_a_missing_header_key_is_named(setup, tmp_path):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_a_missing_header_key_is_named(kfac_file, tmp_path):
+    tensors, head = kfac_file
     mc_samples = head.pop("mc_samples")
-    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=True)
-    with pytest.raises(ValueError, match=rf"{bad}: the header lacks \['mc_samples'\].*{FIX}"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, rf": the header lacks \['mc_samples'\].*{FIX}")
     head["mc_samples"] = mc_samples
     del head["layers"]["dec"]["tokens"]
-    bad = write(tmp_path / "bad2.safetensors", tensors, head, resign=True)
-    with pytest.raises(ValueError, match=r"layer 'dec': the header lacks \['tokens'\]"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, r"layer 'dec': the header lacks \['tokens'\]", name="bad2")
 
 
-def test_a_missing_tensor_is_found_at_load_time_not_at_the_first_penalty(setup, tmp_path):
-    _, kfac, _ = setup
-    tensors, head = read(kfac.save(tmp_path / "k.safetensors"))
+def test_a_missing_tensor_is_found_at_load_time_not_at_the_first_penalty(kfac_file, tmp_path):
+    tensors, head = kfac_file
     del tensors["dec::0::G"]
-    bad = write(tmp_path / "bad.safetensors", tensors, head, resign=False)
-    with pytest.raises(ValueError, match=rf"{bad}, layer 'dec': tensor dec::0::G is missing from the file.*{FIX}"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, rf", layer 'dec': tensor dec::0::G is missing from the file.*{FIX}", resign=False)
     head["checksums"].pop("dec::0::G")  # also unlisted: the term itself lacks a factor
-    bad = write(tmp_path / "bad2.safetensors", tensors, head, resign=True)
-    with pytest.raises(ValueError, match=r"layer 'dec', term 0: no factor \['G or G_vals\+G_vecs'\]"):
-        Curvature.load(bad)
+    refused(tmp_path, tensors, head, r"layer 'dec', term 0: no factor \['G or G_vals\+G_vecs'\]", name="bad2")
 
 
 def test_good_files_still_round_trip_in_every_storage_form(setup, tmp_path):
