@@ -16,7 +16,6 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
-import torch
 
 from tts_bpeft.eval.asr import AsrBackend, load_asr
 from tts_bpeft.eval.report import RESULT_COLUMNS, read_rows
@@ -27,7 +26,10 @@ from tts_bpeft.eval.systems import SystemSpec, collect_systems, pretrained_syste
 from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 from tts_bpeft.family import Voice
 from tts_bpeft.runs import find_run_dirs
-from tts_bpeft.speech_data.synthetic import available_voices, make_vctk
+from tts_bpeft.speech_data.synthesizers import available_voices
+from tts_bpeft.speech_data.synthetic import make_vctk
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TARGET = "p248"
 UNSEEN = ("p225", "p302")
@@ -40,14 +42,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("zs_vctk") / "VCTK-Corpus-0.92"
     return make_vctk(root, speakers=(TARGET, *UNSEEN), utterances_per_speaker=4)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy machine resemblyzer's LSTM runs ~7x faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -55,11 +55,8 @@ def utterances(config: dict, lengths=(9, 6, 12), seed: int = 0) -> list[KokoroUt
 
 # test modules import these two (autouse there): one thread on the shared cores, Kokoro's warnings quiet
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Turns on the suite's ``one_thread`` (tests/conftest.py) in the modules that import it."""
 
 
 @pytest.fixture(autouse=True)

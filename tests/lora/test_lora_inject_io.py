@@ -29,13 +29,7 @@ from tts_bpeft.lora import (
     save_adapter,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +92,19 @@ def lora_param_count(module: nn.Module) -> int:
 
 
 X = torch.randn(2, 7, 5)
+
+
+def adapted_styletts_like():
+    """`styletts_like` with an adapter on every layer type (Linear, weight-normed Conv1d and ConvTranspose1d,
+    LSTM) with per-layer r and alpha and random B: (modules, their base state dicts, adapted outputs on X)."""
+    nets = styletts_like()
+    base = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in nets.items()}
+    add_lora(nets, ["bert_encoder", "lstm", "predictor.conv", "up", "out"], r=2, alpha=6,
+             rank_pattern={"up": 3}, alpha_pattern={"out": 1.5})
+    randomize_lora_B(nn.ModuleDict(dict(nets)))
+    with torch.no_grad():
+        expected = run(nets, X)
+    return nets, base, expected
 
 
 @pytest.mark.parametrize("kind", [dict, munch.Munch])
@@ -226,13 +233,7 @@ def test_same_adapter_twice_refused_second_adapter_works():
 
 
 def test_save_and_load_adapter(tmp_path):
-    nets = styletts_like()
-    base_state = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in nets.items()}
-    add_lora(nets, ["bert_encoder", "lstm", "predictor.conv", "up", "out"], r=2, alpha=6,
-             rank_pattern={"up": 3}, alpha_pattern={"out": 1.5})
-    randomize_lora_B(nn.ModuleDict(dict(nets)))
-    with torch.no_grad():
-        expected = run(nets, X)
+    nets, base_state, expected = adapted_styletts_like()
     folder = save_adapter(nets, tmp_path / "adapter")
     assert sorted(f.name for f in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     config = json.loads((folder / "adapter_config.json").read_text())

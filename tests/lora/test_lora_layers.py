@@ -18,6 +18,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tts_bpeft.layers import conv1d_patches, conv_transpose1d_patches, matrix_to_weight, weight_to_matrix
 from tts_bpeft.lora import add_lora, lora_targets, merged_state_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-5
 
 
@@ -211,14 +213,6 @@ def ref_forward(case: Case, ref: Holder, deltas: dict[str, Tensor], args, kwargs
 def deltas_of(model) -> dict[str, Tensor]:
     return {t.param: t.delta_weight_matrix().detach() for t in lora_targets(model).values()}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny layers: one thread is faster than two on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from test_lora_inject_io import X, _opt, randomize_lora_B, run, styletts_like
+from test_lora_inject_io import X, _opt, adapted_styletts_like, run, styletts_like
 from torch import nn
 
 from tts_bpeft.lora import CUSTOM_LORA_LAYERS, add_lora, load_adapter, save_adapter
@@ -27,15 +27,9 @@ def _quiet():
 
 @pytest.fixture
 def saved(tmp_path):
-    """An adapter on every layer type (Linear, weight-normed Conv1d and ConvTranspose1d, LSTM) with per-layer
-    r and alpha, its LoRA tensors, the adapted outputs on X and the base weights."""
-    nets = styletts_like()
-    base = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in nets.items()}
-    add_lora(nets, ["bert_encoder", "lstm", "predictor.conv", "up", "out"], r=2, alpha=6,
-             rank_pattern={"up": 3}, alpha_pattern={"out": 1.5})
-    randomize_lora_B(nn.ModuleDict(dict(nets)))
-    with torch.no_grad():
-        expected = run(nets, X)
+    """The adapter of `adapted_styletts_like` saved, its LoRA tensors, the adapted outputs on X and the base
+    weights."""
+    nets, base, expected = adapted_styletts_like()
     lora = {n: p.detach().clone() for n, p in nn.ModuleDict(dict(nets)).named_parameters() if ".lora_" in n}
     return save_adapter(nets, tmp_path / "adapter", base_model_name_or_path=BASE), lora, expected, base
 

@@ -21,18 +21,11 @@ from tts_bpeft.styletts2.presets import add_preset_lora
 from tts_bpeft.styletts2.slm import load_slm, slm_discriminator_loss
 from tts_bpeft.styletts2.slm_generation import GenerationSettings, soft_alignment
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIG = load_config(TINY_CONFIG)
 DISCRIMINATORS = ("mpd", "msd", "wd")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a loaded 2-core machine two OpenMP threads slow the discriminators' convolutions
-    several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
