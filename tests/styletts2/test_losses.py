@@ -10,7 +10,7 @@ from styletts2.losses import MultiResolutionSTFTLoss
 from tiny_model import random_batch, sub_batch, tiny_model
 
 from tts_bpeft.styletts2 import losses as L
-from tts_bpeft.styletts2.build import TINY_CONFIG, build_tiny_styletts2, load_config
+from tts_bpeft.styletts2.build import GENERATOR_MODULES, TINY_CONFIG, build_tiny_styletts2, load_config
 
 NO_DECODER = ("f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
 
@@ -18,6 +18,19 @@ NO_DECODER = ("f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
 def set_mode(model, training: bool):
     for module in model.values():
         module.train(training)
+
+
+def joint_and_alone(model, objective, batch, seeds):
+    """The objective in eval mode (no dropout) on the whole batch and on each utterance alone, with the
+    same per-utterance seeds."""
+    set_mode(model, False)
+    try:
+        with torch.no_grad():
+            joint = objective(batch, seeds=seeds)
+            alone = [objective(sub_batch(batch, i), seeds=[seed]) for i, seed in enumerate(seeds)]
+    finally:
+        set_mode(model, True)
+    return joint, alone
 
 
 def test_mel_convergence_matches_the_official_loss_for_one_utterance():
@@ -76,14 +89,7 @@ def test_loss_weights_and_term_validation():
 def test_terms_are_per_utterance_without_the_decoder():
     model = tiny_model()
     objective = L.GeneratorObjective(model, load_config(TINY_CONFIG), terms=NO_DECODER)
-    batch = random_batch([84, 92], [6, 9], seed=1)
-    set_mode(model, False)
-    try:
-        with torch.no_grad():
-            joint = objective(batch, seeds=[11, 12])
-            alone = [objective(sub_batch(batch, i), seeds=[11 + i]) for i in range(2)]
-    finally:
-        set_mode(model, True)
+    joint, alone = joint_and_alone(model, objective, random_batch([84, 92], [6, 9], seed=1), seeds=[11, 12])
     assert set(joint.terms) == set(NO_DECODER)
     for name, values in joint.terms.items():
         assert values.shape == (2,) and torch.isfinite(values).all(), name
@@ -114,13 +120,7 @@ def test_all_terms_per_utterance_and_train_mode():
     terms = L.ALL_TERMS
     objective = L.GeneratorObjective(model, load_config(TINY_CONFIG), terms=terms)
     batch = random_batch([84, 92], [5, 7], seed=2)
-    set_mode(model, False)
-    try:
-        with torch.no_grad():
-            joint = objective(batch, seeds=[5, 6])
-            alone = [objective(sub_batch(batch, i), seeds=[5 + i]) for i in range(2)]
-    finally:
-        set_mode(model, True)
+    joint, alone = joint_and_alone(model, objective, batch, seeds=[5, 6])
     for name in terms:
         for i in range(2):
             torch.testing.assert_close(joint.terms[name][i], alone[i].terms[name][0], rtol=1e-5, atol=1e-5)
@@ -137,20 +137,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     set_mode(model, False)
     objective = L.GeneratorObjective(model, load_config(TINY_CONFIG))
     batch = random_batch([84, 88], [5, 6], seed=4)
-    params = [
-        p
-        for name in (
-            "bert",
-            "bert_encoder",
-            "predictor",
-            "decoder",
-            "text_encoder",
-            "predictor_encoder",
-            "style_encoder",
-            "diffusion",
-        )
-        for p in model[name].parameters()
-    ]
+    params = [p for name in GENERATOR_MODULES for p in model[name].parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-5)
     before = objective(batch, seeds=[1, 2]).total.mean()
     before.backward()
