@@ -2,13 +2,42 @@
 
 Everything here is written from the definitions, without the package's normal-form code: dense Kronecker
 forms, LoRA weight shifts from the raw LoRA parameters, patches by explicit indexing, an LSTM unrolled by
-hand. The few package functions used are only the ones under test being compared against.
+hand. The few package functions used are only the ones under test being compared against (`estimate_on`
+runs the estimator on one layer).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
+
+from tts_bpeft import Curvature, estimate_curvature
+
+
+class Holder(nn.Module):
+    """A model made of the given named layers, without a forward: the loss functions call the layers."""
+
+    def __init__(self, **layers: nn.Module) -> None:
+        super().__init__()
+        for name, layer in layers.items():
+            self.add_module(name, layer)
+
+
+def tanh_squared_error(out: Tensor, y: Tensor) -> Tensor:
+    """Per-sample ``sum (tanh(out) - y)^2`` over (channels, time): (B, C, T) -> (B,)."""
+    return ((torch.tanh(out) - y) ** 2).sum((1, 2))
+
+
+def estimate_on(name: str, layer: nn.Module, batch: tuple[Tensor, Tensor], output_loss: Callable[..., Tensor],
+                **options) -> Curvature:
+    """`estimate_curvature` (any `options`) of the per-sample loss ``output_loss(layer(x), y)`` on one batch
+    ``(x, y)``, the layer alone in a model under `name`."""
+    def loss_fn(model: nn.Module, data: tuple[Tensor, Tensor]) -> Tensor:
+        return output_loss(getattr(model, name)(data[0]), data[1])
+
+    return estimate_curvature(Holder(**{name: layer}), [batch], loss_fn, targets=[name], progress=False, **options)
 
 
 def dense_factor(term: dict[str, Tensor], key: str) -> Tensor:

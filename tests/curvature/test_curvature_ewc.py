@@ -6,18 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from curv_helpers import Holder, estimate_on, tanh_squared_error
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.utils import weight_norm
 
 from tts_bpeft import estimate_curvature
-
-
-class Holder(nn.Module):
-    def __init__(self, **layers: nn.Module) -> None:
-        super().__init__()
-        for k, v in layers.items():
-            self.add_module(k, v)
 
 
 def per_sample_diag(loss_one, W, *data):
@@ -69,14 +63,9 @@ def test_ewc_conv1d_weight_normed_dilated_strided():
     conv = weight_norm(nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2))
     with torch.no_grad():
         conv.weight_g.mul_(0.6)
-    model = Holder(conv=conv)
     x = torch.randn(5, 3, 10)
     y = torch.randn(5, 4, conv(x).shape[-1])
-
-    def loss_fn(m, batch):
-        return ((torch.tanh(m.conv(batch[0])) - batch[1]) ** 2).sum((1, 2))
-
-    ours = estimate_curvature(model, [(x, y)], loss_fn, method="ewc", targets=["conv"], progress=False)
+    ours = estimate_on("conv", conv, (x, y), tanh_squared_error, method="ewc")
     W = (conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(1, 2), keepdim=True)).detach()
 
     def loss_one(W, x, y):
@@ -90,14 +79,9 @@ def test_ewc_conv1d_weight_normed_dilated_strided():
 def test_ewc_conv_transpose1d():
     torch.manual_seed(0)
     conv = nn.ConvTranspose1d(3, 4, 3, stride=2, padding=1, output_padding=1, dilation=1)
-    model = Holder(conv=conv)
     x = torch.randn(5, 3, 6)
     y = torch.randn(5, 4, conv(x).shape[-1])
-
-    def loss_fn(m, batch):
-        return ((torch.tanh(m.conv(batch[0])) - batch[1]) ** 2).sum((1, 2))
-
-    ours = estimate_curvature(model, [(x, y)], loss_fn, method="ewc", targets=["conv"], progress=False)
+    ours = estimate_on("conv", conv, (x, y), tanh_squared_error, method="ewc")
 
     def loss_one(W, x, y):
         out = F.conv_transpose1d(x, W, conv.bias, stride=2, padding=1, output_padding=1)
@@ -112,13 +96,8 @@ def test_ewc_lstm_weights():
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 4, batch_first=True)
     head = torch.randn(4, 2)
-    model = Holder(lstm=lstm)
     x, y = torch.randn(5, 6, 3), torch.randn(5, 6, 2)
-
-    def loss_fn(m, batch):
-        return ((m.lstm(batch[0])[0] @ head - batch[1]) ** 2).sum((1, 2))
-
-    ours = estimate_curvature(model, [(x, y)], loss_fn, method="ewc", targets=["lstm"], progress=False)
+    ours = estimate_on("lstm", lstm, (x, y), lambda out, y: ((out[0] @ head - y) ** 2).sum((1, 2)), method="ewc")
     params = {k: v.detach() for k, v in lstm.named_parameters()}
 
     def loss_one(w, x, y):

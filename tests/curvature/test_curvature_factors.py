@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from curv_helpers import conv1d_patches_loop, conv_transpose1d_patches_loop, manual_lstm
+from curv_helpers import (
+    Holder,
+    conv1d_patches_loop,
+    conv_transpose1d_patches_loop,
+    estimate_on,
+    manual_lstm,
+    tanh_squared_error,
+)
 from torch import nn
 from torch.nn.utils import weight_norm
 
@@ -17,13 +24,6 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 
 def close(a, b, **kw):
     torch.testing.assert_close(a.double(), b.double(), **(kw or TOL))
-
-
-class Holder(nn.Module):
-    def __init__(self, **layers: nn.Module) -> None:
-        super().__init__()
-        for k, v in layers.items():
-            self.add_module(k, v)
 
 
 def test_one_sample_one_token_penalty_is_squared_directional_derivative():
@@ -117,6 +117,19 @@ def _kfac_reference(a, g, n_samples, approx):
     return am.T @ am / am.shape[0], gs.T @ gs / n_samples
 
 
+def check_conv_factors(conv: nn.Module, x, tgt, patches, weight_matrix, approx):
+    """The KFAC factors of `conv` under the loss sum (tanh(conv(x)) - tgt)^2 against `_kfac_reference` on the
+    layer written as a dense map: explicit `patches` (B, L_out, in*k) times `weight_matrix` (out, in*k)."""
+    ours = estimate_on("conv", conv, (x, tgt), tanh_squared_error, kfac_approx=approx)
+    y = (patches @ weight_matrix.T + conv.bias).transpose(1, 2)
+    close(y, conv(x))  # the dense map really is this layer
+    y = y.detach().requires_grad_()
+    g, = torch.autograd.grad(((torch.tanh(y) - tgt) ** 2).sum(), y)
+    A, G = _kfac_reference(patches, g.transpose(1, 2), len(x), approx)
+    close(ours.kronecker_factors("conv").input_cov, A)
+    close(ours.kronecker_factors("conv").grad_cov, G)
+
+
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 def test_conv1d_factors_match_explicit_unfold(approx):
     torch.manual_seed(0)
@@ -124,23 +137,9 @@ def test_conv1d_factors_match_explicit_unfold(approx):
     conv = weight_norm(nn.Conv1d(3, 4, k, stride=stride, padding=padding, dilation=dilation))
     with torch.no_grad():
         conv.weight_g.mul_(1.7)  # effective weight != weight_v
-    model = Holder(conv=conv)
     x, tgt = torch.randn(5, 3, 11), torch.randn(5, 4, 7)
-
-    def loss_fn(m, batch):
-        return ((torch.tanh(m.conv(batch[0])) - batch[1]) ** 2).sum((1, 2))
-
-    ours = estimate_curvature(model, [(x, tgt)], loss_fn, targets=["conv"], kfac_approx=approx, progress=False)
-
-    a = conv1d_patches_loop(x, k, stride, padding, dilation)
     W = conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(1, 2), keepdim=True)
-    y = (a @ W.reshape(4, -1).T + conv.bias).transpose(1, 2)
-    close(y, conv(x))  # the explicit patches really are this layer's inputs
-    y = y.detach().requires_grad_()
-    g, = torch.autograd.grad(((torch.tanh(y) - tgt) ** 2).sum(), y)
-    A, G = _kfac_reference(a, g.transpose(1, 2), 5, approx)
-    close(ours.kronecker_factors("conv").input_cov, A)
-    close(ours.kronecker_factors("conv").grad_cov, G)
+    check_conv_factors(conv, x, tgt, conv1d_patches_loop(x, k, stride, padding, dilation), W.reshape(4, -1), approx)
 
 
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
@@ -148,25 +147,12 @@ def test_conv_transpose1d_factors_match_dense_map(approx):
     torch.manual_seed(0)
     k, stride, padding, dilation, out_pad = 3, 2, 1, 2, 1
     conv = nn.ConvTranspose1d(3, 4, k, stride=stride, padding=padding, output_padding=out_pad, dilation=dilation)
-    model = Holder(conv=conv)
     x = torch.randn(5, 3, 6)
     L_out = conv(x).shape[-1]
     tgt = torch.randn(5, 4, L_out)
-
-    def loss_fn(m, batch):
-        return ((torch.tanh(m.conv(batch[0])) - batch[1]) ** 2).sum((1, 2))
-
-    ours = estimate_curvature(model, [(x, tgt)], loss_fn, targets=["conv"], kfac_approx=approx, progress=False)
-
-    a = conv_transpose1d_patches_loop(x, k, stride, padding, dilation, L_out)
     W_mat = torch.stack([conv.weight[:, o, :].reshape(-1) for o in range(4)])  # W_mat[o, i*k+j] = W[i, o, j]
-    y = (a @ W_mat.T + conv.bias).transpose(1, 2)
-    close(y, conv(x))  # the per-frame dense map is this layer
-    y = y.detach().requires_grad_()
-    g, = torch.autograd.grad(((torch.tanh(y) - tgt) ** 2).sum(), y)
-    A, G = _kfac_reference(a, g.transpose(1, 2), 5, approx)
-    close(ours.kronecker_factors("conv").input_cov, A)
-    close(ours.kronecker_factors("conv").grad_cov, G)
+    check_conv_factors(conv, x, tgt, conv_transpose1d_patches_loop(x, k, stride, padding, dilation, L_out), W_mat,
+                       approx)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,14 +163,9 @@ def test_lstm_factors_match_gate_gradients(approx):
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 4, batch_first=True)
     head = torch.randn(4, 2)
-    model = Holder(lstm=lstm)
     x, tgt = torch.randn(5, 6, 3), torch.randn(5, 6, 2)
-
-    def loss_fn(m, batch):
-        out, _ = m.lstm(batch[0])
-        return ((out @ head - batch[1]) ** 2).sum((1, 2))
-
-    ours = estimate_curvature(model, [(x, tgt)], loss_fn, targets=["lstm"], kfac_approx=approx, progress=False)
+    ours = estimate_on("lstm", lstm, (x, tgt), lambda out, y: ((out[0] @ head - y) ** 2).sum((1, 2)),
+                       kfac_approx=approx)
     assert set(ours.names) == {"lstm.weight_ih_l0", "lstm.weight_hh_l0"}
 
     out, gates, prev = manual_lstm(x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
