@@ -15,24 +15,16 @@ def encoder():
 def test_same_voice_more_similar_than_different_voice(encoder, speech, tmp_path):
     # Each synthesized utterance is compared with a different sentence by the same voice (same speaker)
     # and by the other voice (different speaker).
-    same = speaker_similarity(
-        synth=[speech["slt_a"], speech["awb_a"], speech["m3_a"], speech["f2_a"]],
-        refs=[speech["slt_b"], speech["awb_b"], speech["m3_b"], speech["f2_b"]],
-        speakers=["slt", "awb", "m3", "f2"],
-        encoder=encoder,
-        cache_dir=tmp_path / "cache",
-        progress=False,
-    )
-    different = speaker_similarity(
-        synth=[speech["slt_a"], speech["awb_a"], speech["m3_a"], speech["f2_a"]],
-        refs=[speech["awb_b"], speech["slt_b"], speech["f2_b"], speech["m3_b"]],
-        speakers=["slt", "awb", "m3", "f2"],
-        encoder=encoder,
-        cache_dir=tmp_path / "cache",
-        progress=False,
-    )
+    voices = ["slt", "awb", "m3", "f2"]
+
+    def similarity(ref_voices):
+        return speaker_similarity(synth=[speech[f"{v}_a"] for v in voices], refs=[speech[f"{r}_b"] for r in ref_voices],
+                                  speakers=voices, encoder=encoder, cache_dir=tmp_path / "cache", progress=False)
+
+    same = similarity(voices)
+    different = similarity(["awb", "slt", "f2", "m3"])
     assert same.encoder["backend"] == "resemblyzer"
-    for speaker in ("slt", "awb", "m3", "f2"):
+    for speaker in voices:
         assert same.per_speaker[speaker] > 0.75, (speaker, same.per_speaker)
         assert same.per_speaker[speaker] > different.per_speaker[speaker] + 0.15, (speaker, same, different)
     assert different.mean < 0.75

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tts_bpeft.eval.audio import load_mono
+from tts_bpeft.eval.pretrained import PretrainedScorer
 from tts_bpeft.eval.text_norm import normalizer
 from tts_bpeft.hub import cached_file, hub_cache_dir, hub_reachable, is_hub_id
 from tts_bpeft.io import save_json
@@ -46,25 +47,8 @@ ASR_BACKENDS = ("auto", "faster-whisper", "transformers-whisper", "none")
 _MARKER_FILE = {"faster-whisper": "model.bin", "transformers-whisper": "config.json"}
 
 
-class AsrBackend(ABC):
+class AsrBackend(PretrainedScorer):
     """Transcribes 16 kHz mono waveforms."""
-
-    name: str
-    fallback_reason: str | None = None
-    """Why this model stands in for a stronger one (set by `load_asr`), or None."""
-
-    @property
-    @abstractmethod
-    def model_id(self) -> str:
-        """Which model: a folder or a hub id."""
-
-    def describe(self) -> dict[str, str]:
-        """``{"backend": ..., "model": ...}`` (and ``"fallback"``: why, for a stand-in), stored with every
-        result."""
-        info = {"backend": self.name, "model": self.model_id}
-        if self.fallback_reason:
-            info["fallback"] = self.fallback_reason
-        return info
 
     @abstractmethod
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:

