@@ -111,8 +111,8 @@ def test_collect_systems_expands_multirun(multirun, tmp_path) -> None:
                               log=messages.append)
     assert [s.name for s in systems] == ["pretrained", "lora_kfac_lam1000.0"]  # named twice, evaluated once
     run = systems[1]
-    assert (run.method, run.prior, run.lam, run.speaker) == ("lora", "kfac", 1000.0, TARGET)
-    assert systems[0].lam is None and systems[0].method == "pretrained"
+    assert (run.system, run.prior, run.lam, run.speaker) == ("lora", "kfac", 1000.0, TARGET)
+    assert systems[0].lam is None and systems[0].system == "pretrained"
     assert len(messages) == 1 and "lora_ewc_lam1000.0" in messages[0] and "not finished" in messages[0]
     assert target_speaker(systems) == TARGET
     with pytest.raises(ValueError, match="fine-tuned p248"):
@@ -179,7 +179,7 @@ def test_evaluate_two_systems(corpus, multirun, encoder, tmp_path) -> None:
 
     def loader(system: SystemSpec):
         loads.append(system.name)
-        return cloner if system.method == "pretrained" else collapsed
+        return cloner if system.system == "pretrained" else collapsed
 
     systems = collect_systems([multirun], pretrained={"config": "tiny"}, log=lambda m: None)
     # one sentence per speaker keeps the test fast: 6 syntheses, 9 embeddings, 6 transcripts

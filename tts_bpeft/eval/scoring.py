@@ -96,7 +96,7 @@ def score_jobs(jobs: Sequence[SynthesisJob], encoder: SpeakerEncoder, asr: AsrBa
         refs = np.stack([ref_embs[p] for p in sim_refs[(job.speaker, job.utterance_id)]])
         sim = math.nan if emb is None else float(cosine_similarity(emb[None], refs).mean())
         score: dict[str, Any] = {
-            "system": job.system.name, "method": job.system.method, "prior": job.system.prior,
+            "system": job.system.name, "method": job.system.system, "prior": job.system.prior,
             "lam": job.system.lam, "speaker": job.speaker, "accent": job.accent, "gender": job.gender,
             "role": job.role, "utterance_id": job.utterance_id, "text": job.text, "wav": str(job.output),
             "reference": str(job.reference), "SIM": sim, "hypothesis": hyp, "WER": None, "CER": None,

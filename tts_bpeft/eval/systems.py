@@ -31,8 +31,8 @@ def _file_stamp(path: Path) -> list[Any]:
 class SystemSpec:
     """One system to evaluate.
 
-    ``name``: unique label (``"pretrained"`` or the run folder's name); ``method``: ``"pretrained"``,
-    ``"lora"``, ``"full"`` or ``"linear"``; ``family``: the model family's registry name
+    ``name``: unique label (``"pretrained"`` or the run folder's name); ``system``: ``"pretrained"``,
+    or the run's ``system`` (``"lora"``, ``"full"`` or ``"linear"``); ``family``: the model family's registry name
     (`tts_bpeft.family`); ``prior``: the run's ``prior.kind`` (``"none"`` for the pre-trained model);
     ``lam``: the run's ``prior.lam`` (None for the pre-trained model); ``speaker``: the run's target speaker
     (None for the pre-trained model); ``run_dir``: the run folder (None for the pre-trained model);
@@ -42,7 +42,7 @@ class SystemSpec:
     """
 
     name: str
-    method: str
+    system: str
     family: str = DEFAULT_FAMILY
     prior: str = "none"
     lam: float | None = None
@@ -55,7 +55,7 @@ class SystemSpec:
     def fingerprint(self) -> str:
         """A hash of what determines the system's weights: the base-model settings and files, and for a run
         its settings and result files (sizes and modification times). Retraining a run changes it."""
-        parts: dict[str, Any] = {"method": self.method, "model": dict(self.model), "seed": self.seed}
+        parts: dict[str, Any] = {"system": self.system, "model": dict(self.model), "seed": self.seed}
         files = [self.model.get("config"), self.model.get("checkpoint"),
                  *(self.model.get("aux") or {}).values()]
         parts["model_files"] = [_file_stamp(Path(f)) for f in files if f and f != "tiny" and Path(f).exists()]
@@ -68,7 +68,7 @@ class SystemSpec:
 
     def describe(self) -> dict[str, Any]:
         """The spec as JSON-ready values (stored in results.json)."""
-        return {"name": self.name, "method": self.method, "family": self.family, "prior": self.prior, "lam": self.lam,
+        return {"name": self.name, "system": self.system, "family": self.family, "prior": self.prior, "lam": self.lam,
                 "speaker": self.speaker, "run_dir": str(self.run_dir) if self.run_dir else None,
                 "model": dict(self.model), "seed": self.seed}
 
@@ -77,7 +77,7 @@ def pretrained_system(model: Mapping[str, Any], name: str = PRETRAINED, seed: in
                       family: str = DEFAULT_FAMILY) -> SystemSpec:
     """The pre-trained model of ``family`` with its model settings (StyleTTS 2: ``{config: path | "tiny",
     checkpoint: path | None, aux: {...}}``)."""
-    return SystemSpec(name=name, method=PRETRAINED, family=family, prior="none", lam=None, model=dict(model),
+    return SystemSpec(name=name, system=PRETRAINED, family=family, prior="none", lam=None, model=dict(model),
                       seed=seed)
 
 
@@ -93,7 +93,7 @@ def run_system(run_dir: str | Path, name: str | None = None) -> SystemSpec:
     prior = cfg.get("prior") or {}
     lam = prior.get("lam")
     return SystemSpec(
-        name=name or run.folder.name, method=run.system, family=run.family, prior=str(prior.get("kind", "none")),
+        name=name or run.folder.name, system=run.system, family=run.family, prior=str(prior.get("kind", "none")),
         lam=None if lam is None else float(lam), speaker=cfg.get("speaker"), run_dir=run.folder,
         model=dict(cfg.get("model") or {}), data=dict(cfg.get("data") or {}), seed=run.seed,
     )
