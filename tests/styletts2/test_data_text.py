@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tts_bpeft.speech_data.phonemes import Phonemizer, normalize_text
+from tts_bpeft.speech_data.phonemes import Phonemizer, collapse_whitespace
 from tts_bpeft.styletts2.data.text import PAD_ID, SYMBOLS, tokenize
 
 # Ids read by hand off StyleTTS 2's table: 0 '$', 1-16 ';:,.!?¡¿—…"«»“” ' (',' 3, '.' 4, ' ' 16),
@@ -49,8 +49,8 @@ def test_apostrophe_maps_like_styletts2s_textcleaner() -> None:
     assert ids == TextCleaner()("'") == [176]
 
 
-def test_normalize_text_collapses_whitespace() -> None:
-    assert normalize_text("  a\n b\t\tc  ") == "a b c"
+def test_collapse_whitespace() -> None:
+    assert collapse_whitespace("  a\n b\t\tc  ") == "a b c"
 
 
 def test_cache_is_reused_across_instances_and_written_atomically(tmp_path: Path) -> None:

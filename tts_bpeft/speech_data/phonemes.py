@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 _WHITESPACE = re.compile(r"\s+")
 
 
-def normalize_text(text: str) -> str:
+def collapse_whitespace(text: str) -> str:
     """Collapse all whitespace (newlines included) to single spaces and strip the ends."""
     return _WHITESPACE.sub(" ", text).strip()
 
@@ -80,7 +80,7 @@ class Phonemizer:
 
     def __call__(self, texts: Sequence[str]) -> list[str]:
         """Phonemes for each text (whitespace normalised first); one espeak call for all cache misses."""
-        normalized = [normalize_text(t) for t in texts]
+        normalized = [collapse_whitespace(t) for t in texts]
         missing = sorted({t for t in normalized if t and t not in self.cache})
         if missing:
             self.cache.update(zip(missing, self._espeak(missing), strict=True))
