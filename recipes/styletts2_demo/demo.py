@@ -43,7 +43,7 @@ from tts_bpeft.speech_data.phonemes import Phonemizer
 from tts_bpeft.speech_data.selection import split_per_speaker
 from tts_bpeft.speech_data.synthesizers import Voice, available_voices
 from tts_bpeft.speech_data.synthetic import make_libritts, make_vctk
-from tts_bpeft.styletts2.finetune import finetune, heldout_loss, target_splits
+from tts_bpeft.styletts2.finetune import heldout_loss, run_finetuning, target_splits
 
 TARGET = "p248"
 UNSEEN = ("p225", "p302", "p347", "p234", "p326")
@@ -99,7 +99,7 @@ def pretrain(cfg: DictConfig, out: Path, corpora: dict, phonemizer: Phonemizer) 
     run_cfg = finetune_config(cfg, corpora, system="full", prior="none", lam=0.0, steps=cfg.pretrain.steps,
                               lr=cfg.pretrain.lr, batch_size=cfg.pretrain.batch_size)
     started = time.time()
-    finetune(run_cfg, out / "pretrain", utterances=splits.train)
+    run_finetuning(run_cfg, out / "pretrain", utterances=splits.train)
     model, _ = load_run(out / "pretrain", cfg.device)
     STYLETTS2.export(model, checkpoint)
     parameters = sum(p.numel() for module in model.modules() for p in module.parameters())
@@ -170,7 +170,7 @@ def finetune_systems(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path
         print(f"-- LoRA + {prior} (lam={lam:.4g})")
         run_cfg = finetune_config(cfg, corpora, "lora", prior, lam, cfg.finetune.steps, cfg.finetune.lr,
                                   cfg.finetune.batch_size, checkpoint, curvatures.get(prior))
-        summary = finetune(run_cfg, run_dir)
+        summary = run_finetuning(run_cfg, run_dir)
         print(f"   {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['last']['loss']:.3f}, "
               f"prior term {summary['last']['prior']:.4g}")
     return runs

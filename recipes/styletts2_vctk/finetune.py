@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tts_bpeft.family import model_paths
 from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import register_run_name_resolver, resolve_paths
-from tts_bpeft.styletts2.finetune import finetune
+from tts_bpeft.styletts2.finetune import run_finetuning
 
 DATA_PATHS = ("data.vctk_root", "data.phoneme_cache", "prior.curvature")
 register_run_name_resolver()
@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> None:
     silence_known_warnings()
     paths = [f"model.{key}" for key in model_paths("styletts2")] + list(DATA_PATHS)
     settings = resolve_paths(OmegaConf.to_container(cfg, resolve=True), paths, get_original_cwd())
-    summary = finetune(settings, Path(HydraConfig.get().runtime.output_dir))
+    summary = run_finetuning(settings, Path(HydraConfig.get().runtime.output_dir))
     print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s -> {HydraConfig.get().runtime.output_dir}")
 
 

@@ -24,13 +24,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _finetune_one_step(vctk_root: Path, out_dir: Path) -> Path:
     from hydra import compose, initialize_config_dir
 
-    from tts_bpeft.styletts2.finetune import finetune
+    from tts_bpeft.styletts2.finetune import run_finetuning
 
     overrides = ["prior=l2sp", f"data.vctk_root={vctk_root}", "data.val_utterances=1", "data.test_utterances=2",
                  "optim.batch_size=1", "optim.epochs=1", "optim.max_steps=1", "progress=false"]
     with initialize_config_dir(config_dir=str(RECIPE / "conf"), version_base="1.3"):
         cfg = compose("finetune", overrides=overrides)
-    finetune(cfg, out_dir)
+    run_finetuning(cfg, out_dir)
     return out_dir
 
 

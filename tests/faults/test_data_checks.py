@@ -9,7 +9,7 @@ from fault_helpers import RECIPES, finetune
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tts_bpeft.styletts2.finetune import finetune as finetune_in_process
+from tts_bpeft.styletts2.finetune import run_finetuning
 
 NOT_BUILT = "model.checkpoint=/no/such/checkpoint.pth"  # a model build would fail on this first
 
@@ -31,19 +31,19 @@ def test_an_unknown_speaker_is_named_with_the_corpus_and_its_speakers(tmp_path, 
 
 def test_a_speaker_without_transcripts_is_named_with_the_missing_folder(tmp_path, vctk_root):
     with pytest.raises(ValueError, match=rf"speaker=p315: it has no transcripts \(no folder {vctk_root}/txt/p315\)"):
-        finetune_in_process(settings(f"data.vctk_root={vctk_root}", "speaker=p315"), tmp_path)
+        run_finetuning(settings(f"data.vctk_root={vctk_root}", "speaker=p315"), tmp_path)
 
 
 def test_too_few_utterances_for_the_held_out_splits_is_explained(tmp_path, vctk_root):
     with pytest.raises(ValueError, match=r"speaker=p248: its 5 usable utterances .* all went to the held-out splits "
                                          r"\(data.test_utterances=20, data.val_utterances=5\); lower them"):
-        finetune_in_process(settings(f"data.vctk_root={vctk_root}"), tmp_path)
+        run_finetuning(settings(f"data.vctk_root={vctk_root}"), tmp_path)
 
 
 def test_an_unset_value_is_refused_before_anything_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"settings \['data.vctk_root'\] are not set \(\?\?\?\); give them on the "
                                          r"command line, e.g. data.vctk_root=..."):
-        finetune_in_process(settings(), tmp_path)
+        run_finetuning(settings(), tmp_path)
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -54,14 +54,14 @@ def test_an_unset_value_is_refused_before_anything_is_built(tmp_path):
 def test_bad_numbers_and_paths_are_refused_at_start_up(tmp_path, vctk_root, override, message):
     cfg = settings(f"data.vctk_root={vctk_root}", "prior=l2sp", override)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        finetune_in_process(cfg, tmp_path)
+        run_finetuning(cfg, tmp_path)
     assert not (tmp_path / "run.json").exists()
 
 
 def test_a_missing_curvature_file_is_named_before_the_model_is_built(tmp_path, vctk_root):
     cfg = settings(f"data.vctk_root={vctk_root}", "prior=kfac", f"prior.curvature={tmp_path / 'absent.safetensors'}")
     with pytest.raises(FileNotFoundError, match=rf"prior.curvature={tmp_path}/absent.safetensors: no such curvature"):
-        finetune_in_process(cfg, tmp_path)
+        run_finetuning(cfg, tmp_path)
 
 
 def test_the_default_phoneme_cache_is_in_the_user_cache_folder(tmp_path, monkeypatch):

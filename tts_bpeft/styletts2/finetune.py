@@ -156,8 +156,8 @@ def build_prior(model: Munch, prior_cfg: Mapping[str, Any]) -> LaplacePrior | No
     return load_prior(model, prior_cfg["kind"], **options)
 
 
-def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[Utterance] | None = None
-             ) -> dict[str, Any]:
+def run_finetuning(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[Utterance] | None = None
+                   ) -> dict[str, Any]:
     """Fine-tune as `cfg` says (the hydra config of ``recipes/styletts2_vctk/finetune.py``) into `out_dir`.
 
     The training utterances are the target speaker's VCTK train split, or `utterances` when given (e.g.
@@ -179,10 +179,10 @@ def finetune(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequence[U
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # launched by torchrun
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     with run_lock(out_dir) if rank == 0 else nullcontext():
-        return _finetune(cfg, settings, out_dir, utterances, device, seed, rank, world)
+        return _run_finetuning(cfg, settings, out_dir, utterances, device, seed, rank, world)
 
 
-def _finetune(cfg: dict[str, Any], settings: TrainSettings, out_dir: Path, utterances: Sequence[Utterance] | None,
+def _run_finetuning(cfg: dict[str, Any], settings: TrainSettings, out_dir: Path, utterances: Sequence[Utterance] | None,
               device: torch.device, seed: int, rank: int, world: int) -> dict[str, Any]:
     """`finetune` once the settings are checked and the folder is locked: data first, then the model."""
     family = StyleTTS2Family()
