@@ -20,7 +20,7 @@ kind        F                                                    q(dW), computed
   each with its own split.
 - **Mixing**: ``mix`` adds ``mu`` times a second form rescaled to the main form's mean eigenvalue in each
   layer: ``q = q_main + mu * (m_main / m_mix) * q_mix`` (``mix="l2sp"``: ``m_mix = 1``; a curvature: its
-  EWC or KFAC form; ``m_main`` of the damped product if damped). So ``mu`` is the mixed-in share of the main
+  EWC, KFAC or EKFAC form; ``m_main`` of the damped product if damped). So ``mu`` is the mixed-in share of the main
   form's trace, whatever the layer's scale.
 - **EKFAC** (George et al. 2018): the eigenbases ``Q_A``, ``Q_G`` of the KFAC factors with the diagonal
   ``S`` re-fitted to the per-sample gradients' second moments in that basis (`estimate_curvature`).
