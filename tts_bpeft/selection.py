@@ -10,6 +10,13 @@ The search (`select_strength`). For each ``mu``: from ``lam0``, lam is multiplie
 `factor` until the budget is crossed, then the crossing is bisected `steps` times in log space (the
 fine-tuning metric grows with lam). Trials are appended to a JSON log after each fit, so an interrupted
 search resumes without refitting.
+
+Comparing prior kinds at equal cost (`equal_cost_lam`). The raw quadratics of L2-SP, EWC, KFAC and EKFAC at
+one weight shift differ by orders of magnitude, so one lam means something different for each. Without a
+search per kind, lam can be set so that every prior charges the same ``cost`` (nats of mean per-sample loss,
+``scaling="package"``) at one reference shift, usually plain LoRA's solution: ``lam = cost / q(dW_ref)``.
+It needs one plain-LoRA fit and one penalty evaluation per prior; it is not a tolerance rule (the demo uses
+it to rank priors at one price; choose lam for a tolerance with `select_strength`).
 """
 
 from __future__ import annotations
@@ -17,11 +24,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from torch import nn
+
+from .curvature.storage import Curvature
 from .io import save_json
+from .prior import LaplacePrior
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,21 @@ def pick(trials: Sequence[Trial], plain: Trial, tolerance: float) -> Trial:
     (`plain` when none is)."""
     feasible = [t for t in trials if within_budget(t, plain, tolerance)]
     return min(feasible, key=lambda t: (t.forgetting, -t.lam)) if feasible else plain
+
+
+def equal_cost_lam(model: nn.Module | Mapping[str, nn.Module], kind: str, curvature: Curvature | None = None,
+                   cost: float = 1.0) -> float:
+    """The lam at which the prior `kind` (``curvature`` for ewc, kfac, ekfac; package scaling) charges `cost`
+    at the LoRA weight shift now in `model`: ``cost / q(dW)`` (see the module docstring).
+
+    Raises:
+        ValueError: when ``q(dW)`` is not positive (e.g. the adapters are still at their zero initialisation).
+    """
+    quadratic = float(LaplacePrior(curvature, lam=1.0, kind=kind, scaling="package").penalty(model))
+    if not quadratic > 0:
+        raise ValueError(f"the {kind} prior's quadratic at this model's LoRA shift is {quadratic}; equal_cost_lam "
+                         "needs a trained adapter (a non-zero shift)")
+    return cost / quadratic
 
 
 @dataclass

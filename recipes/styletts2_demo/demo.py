@@ -35,9 +35,9 @@ from tts_bpeft.eval.systems import SystemSpec, pretrained_system, run_system
 from tts_bpeft.eval.zero_shot import evaluate_zero_shot
 from tts_bpeft.family import DataOptions, Synthesizer, TTSModel, estimate_pretraining_curvature, family
 from tts_bpeft.io import save_json, write_text
-from tts_bpeft.prior import LaplacePrior
 from tts_bpeft.quiet import silence_known_warnings
 from tts_bpeft.runs import load_run, read_run
+from tts_bpeft.selection import equal_cost_lam
 from tts_bpeft.speech_data.libritts import read_libritts
 from tts_bpeft.speech_data.phonemes import Phonemizer
 from tts_bpeft.speech_data.selection import split_per_speaker
@@ -154,9 +154,9 @@ def estimate_curvatures(cfg: DictConfig, out: Path, corpora: dict, checkpoint: P
 
 def finetune_systems(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path,
                      curvatures: dict[str, Path]) -> dict[str, Path]:
-    """Plain LoRA first; then each prior with ``lam = strength / q(dW_plain)``: q is that prior's quadratic
-    at the plain-LoRA adapter, so every prior costs `strength` (nats of per-utterance loss) there. One
-    scale for priors whose raw quadratics differ by orders of magnitude."""
+    """Plain LoRA first; then each prior at equal cost (`tts_bpeft.selection.equal_cost_lam`): ``lam =
+    strength / q(dW_plain)``, so every prior costs `strength` (nats of per-utterance loss) at the plain-LoRA
+    adapter. One scale for priors whose raw quadratics differ by orders of magnitude."""
     stage(f"4. fine-tuning on the target speaker {TARGET} with LoRA ({cfg.finetune.preset} preset)")
     runs = {}
     for prior in ["none", *[p for p in cfg.finetune.priors if p != "none"]]:
@@ -165,8 +165,8 @@ def finetune_systems(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path
         if (run_dir / "summary.json").is_file():
             print(f"cached: {run_dir}")
             continue
-        lam = 0.0 if prior == "none" else cfg.finetune.strength / plain_quadratic(runs["none"], prior,
-                                                                                  curvatures.get(prior))
+        lam = 0.0 if prior == "none" else equal_cost(runs["none"], prior, curvatures.get(prior),
+                                                     cfg.finetune.strength)
         print(f"-- LoRA + {prior} (lam={lam:.4g})")
         run_cfg = finetune_config(cfg, corpora, "lora", prior, lam, cfg.finetune.steps, cfg.finetune.lr,
                                   cfg.finetune.batch_size, checkpoint, curvatures.get(prior))
@@ -176,11 +176,10 @@ def finetune_systems(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path
     return runs
 
 
-def plain_quadratic(plain_run: Path, prior: str, curvature: Path | None) -> float:
-    """q(dW) of a prior (lam = 1) at the adapter of the plain-LoRA run."""
+def equal_cost(plain_run: Path, prior: str, curvature: Path | None, cost: float) -> float:
+    """`tts_bpeft.selection.equal_cost_lam` at the adapter of the plain-LoRA run."""
     model, _ = load_run(plain_run)
-    curv = Curvature.load(curvature, model.net) if curvature else None
-    return LaplacePrior(curv, lam=1.0, kind=prior, scaling="package").penalty(model.net).item()
+    return equal_cost_lam(model.net, prior, Curvature.load(curvature, model.net) if curvature else None, cost)
 
 
 def evaluate(cfg: DictConfig, out: Path, corpora: dict, checkpoint: Path, runs: dict[str, Path],

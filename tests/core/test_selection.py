@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tts_bpeft.selection import Trial, pick, select_strength
+from tts_bpeft.selection import Trial, equal_cost_lam, pick, select_strength
 
 
 class TradeOff:
@@ -79,3 +79,24 @@ def test_bad_input_is_named(tmp_path):
         select_strength(TradeOff(), tolerance=0.1, log=bad, report=None)
     with pytest.raises(ValueError, match="tolerance >= 0"):
         select_strength(TradeOff(), tolerance=-0.1, report=None)
+
+
+def test_equal_cost_lam_makes_every_prior_cost_the_same_at_the_reference_shift():
+    import torch
+    from torch import nn
+
+    from tts_bpeft import LaplacePrior, add_lora, estimate_curvature
+
+    torch.manual_seed(0)
+    model = add_lora(nn.Sequential(nn.Linear(4, 3)), ["0"], r=2, alpha=4)
+    with pytest.raises(ValueError, match="needs a trained adapter"):
+        equal_cost_lam(model, "l2sp")  # B = 0: no shift yet
+    with torch.no_grad():
+        model[0].lora_B["default"].weight.normal_()
+    dW = 2.0 * model[0].lora_B["default"].weight @ model[0].lora_A["default"].weight  # alpha / r = 2
+    assert equal_cost_lam(model, "l2sp", cost=3.0) == pytest.approx(3.0 / float((dW**2).sum()), rel=1e-5)
+    x = torch.randn(8, 4)
+    kfac = estimate_curvature(model, [(x, torch.randn(8, 3))], lambda m, b: ((m(b[0]) - b[1]) ** 2).sum(1),
+                              progress=False)
+    lam = equal_cost_lam(model, "kfac", kfac, cost=3.0)
+    assert float(LaplacePrior(kfac, lam=lam, kind="kfac", scaling="package").penalty(model)) == pytest.approx(3.0)
