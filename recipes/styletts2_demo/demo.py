@@ -41,7 +41,7 @@ from tts_bpeft.selection import equal_cost_lam
 from tts_bpeft.speech_data.libritts import read_libritts
 from tts_bpeft.speech_data.phonemes import Phonemizer
 from tts_bpeft.speech_data.selection import split_per_speaker
-from tts_bpeft.speech_data.synthesizers import Voice, available_voices
+from tts_bpeft.speech_data.synthesizers import SynthesizerVoice, available_voices
 from tts_bpeft.speech_data.synthetic import make_libritts, make_vctk
 from tts_bpeft.styletts2.finetune import heldout_loss, run_finetuning, target_splits
 
@@ -54,7 +54,8 @@ def stage(name: str) -> None:
     print(f"\n== {name} ==", flush=True)
 
 
-def choose_voices(pretrain: int, unseen: int) -> tuple[list[Voice], Voice, list[Voice]]:
+def choose_voices(pretrain: int, unseen: int
+                  ) -> tuple[list[SynthesizerVoice], SynthesizerVoice, list[SynthesizerVoice]]:
     """Disjoint voices: espeak-ng variants pre-train; the target and unseen speakers get the recorded
     flite voices first (festival's slt/kal are flite's slt/kal16, so festival is not used)."""
     voices = [v for v in available_voices() if v.engine != "festival"]

