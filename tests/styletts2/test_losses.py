@@ -11,6 +11,7 @@ from tiny_model import random_batch, sub_batch, tiny_model
 
 from tts_bpeft.styletts2 import losses as L
 from tts_bpeft.styletts2.build import GENERATOR_MODULES, TINY_CONFIG, build_tiny_styletts2, load_config
+from tts_bpeft.styletts2.loss_terms import duration_terms, mel_convergence, monotonic_alignment
 
 NO_DECODER = ("f0", "norm", "dur", "ce", "diff", "sty", "mono", "s2s")
 
@@ -38,18 +39,18 @@ def test_mel_convergence_matches_the_official_loss_for_one_utterance():
     target = torch.randn(1, 24000, generator=g) * 0.1
     prediction = target + torch.randn(1, 24000, generator=g) * 0.05
     official = MultiResolutionSTFTLoss()
-    ours, mels = L.mel_convergence(prediction, target, official.stft_losses)
+    ours, mels = mel_convergence(prediction, target, official.stft_losses)
     torch.testing.assert_close(ours, official(prediction, target), rtol=1e-5, atol=1e-6)
     assert [m[0].shape[1] for m in mels] == [128, 128, 128]
     assert mels[1][0].shape[-1] == 24000 // 240 + 1
-    zero, _ = L.mel_convergence(target, target, official.stft_losses)
+    zero, _ = mel_convergence(target, target, official.stft_losses)
     assert zero == 0
 
 
 def test_monotonic_alignment_gives_every_frame_one_token():
     g = torch.Generator().manual_seed(0)
     attention = torch.softmax(torch.randn(2, 5, 12, generator=g), dim=1)
-    path = L.monotonic_alignment(attention)
+    path = monotonic_alignment(attention)
     assert path.shape == (2, 5, 12)
     assert (path.sum(1) == 1).all() and (path.sum(2) >= 1).all()
     token_of_frame = path.argmax(1)
@@ -57,21 +58,21 @@ def test_monotonic_alignment_gives_every_frame_one_token():
     assert (token_of_frame[:, -1] == 4).all()
     diagonal = torch.zeros(1, 3, 6)
     diagonal[0, 0, :1] = diagonal[0, 1, 1:5] = diagonal[0, 2, 5:] = 1.0
-    torch.testing.assert_close(L.monotonic_alignment(diagonal * 0.9 + 0.05), diagonal)
+    torch.testing.assert_close(monotonic_alignment(diagonal * 0.9 + 0.05), diagonal)
     with pytest.raises(ValueError, match="at least as many aligned frames as tokens"):
-        L.monotonic_alignment(torch.rand(1, 7, 6))
+        monotonic_alignment(torch.rand(1, 7, 6))
 
 
 def test_duration_terms_by_hand():
     logits = torch.zeros(4, 5)
     durations = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    dur, ce, expected = L.duration_terms(logits, durations)
+    dur, ce, expected = duration_terms(logits, durations)
     torch.testing.assert_close(expected, torch.full((4,), 2.5))
     torch.testing.assert_close(dur, torch.tensor(0.5))  # tokens 1 and 2 only: |2.5-2|, |2.5-3|
     torch.testing.assert_close(ce, torch.tensor(math.log(2.0)))
     logits = torch.full((3, 4), -30.0)
     logits[:, :2] = 30.0  # confident "duration 2" for every token
-    dur, ce, _ = L.duration_terms(logits, torch.tensor([2.0, 2.0, 2.0]))
+    dur, ce, _ = duration_terms(logits, torch.tensor([2.0, 2.0, 2.0]))
     assert dur < 1e-6 and ce < 1e-6
 
 
