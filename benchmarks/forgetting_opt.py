@@ -36,6 +36,10 @@ Runs in ~2 h on 2 CPU cores (2 worker processes, 1 thread each) for the full gri
     python benchmarks/forgetting_opt.py                        # everything (cached pre-training, runs)
     python benchmarks/forgetting_opt.py --priors kfac ewc --seeds 0 --lams 1 10
     python benchmarks/forgetting_opt.py --from-json docs/forgetting_opt.json --out /tmp/x   # analysis only
+
+One script of ~700 lines on purpose: a benchmark that reads top to bottom in the order of the steps above
+(data, pre-training, curvature, the run grid, the analysis); the model, data and training code it runs are
+the package's (`tts_bpeft`, `tts_bpeft.text`), not copies.
 """
 
 from __future__ import annotations

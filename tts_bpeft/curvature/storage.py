@@ -35,6 +35,9 @@ eigenvalue). The Cholesky test (float64) costs a third of an eigendecomposition;
 big factor costs one 512 x 512 Cholesky); see ``benchmarks/bench_curvature_load.py`` for the time
 the checks add. With a model, the file's base-weight
 fingerprint must be present and match (``allow_fingerprint_mismatch=True`` is the explicit opt-out).
+
+The class, its file format and the load-time checks stay one module (~430 lines, a fifth of it this
+docstring): every check reads exactly what the writer stores, so format and checks change together.
 """
 
 from __future__ import annotations
