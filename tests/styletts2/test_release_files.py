@@ -108,6 +108,19 @@ def test_offline_without_the_files_fails_at_once_naming_the_cache_and_the_fix(ca
     assert f"https://github.com/yl4579/StyleTTS2/raw/{UTILS_COMMIT}/Utils/JDC/bst.t7" in str(error.value)
 
 
+def test_a_checkpoint_given_replaces_the_releases_which_is_then_not_needed(written, caches, tmp_path) -> None:
+    checkpoint = tmp_path / "mine.pth"
+    link = caches["snapshot"] / "Models/LibriTTS/epochs_2nd_00020.pth"
+    shutil.copyfile(link, checkpoint)
+    link.unlink()  # only the config is cached
+    with pytest.raises(FileNotFoundError, match="Models/LibriTTS/epochs_2nd_00020.pth is not in the hub cache"):
+        release_files("libritts")
+    assert release_files("libritts", checkpoint=False).checkpoint is None
+    net = family("styletts2").build({"config": "libritts", "checkpoint": str(checkpoint)}).net
+    assert torch.equal(net["decoder"].state_dict()["generator.conv_post.bias"],
+                       written["trained"]["decoder"].state_dict()["generator.conv_post.bias"])
+
+
 def test_a_damaged_file_is_refused_with_its_path(caches) -> None:
     config = caches["snapshot"] / "Models/LibriTTS/config.yml"
     blob = config.resolve()

@@ -182,7 +182,7 @@ def build_base(model_cfg: Mapping[str, Any], device: str | torch.device = "cpu",
     name = str(model_cfg.get("config", "tiny"))
     checkpoint, roots = model_cfg.get("checkpoint"), []
     if name in RELEASES:
-        release = release_files(name)
+        release = release_files(name, checkpoint=not checkpoint)  # a checkpoint given replaces the release's
         config_path, roots = release.config, [release.utils_root]
         checkpoint = checkpoint or release.checkpoint
     else:

@@ -66,12 +66,12 @@ UTILS_FILES = {  # repository path: git blob sha1 at UTILS_COMMIT
 
 @dataclass(frozen=True)
 class ReleaseFiles:
-    """A release's local files: ``config`` and ``checkpoint`` (in the hub cache) and ``utils_root``, the folder
-    holding ``Utils/...`` that the config's relative ``ASR_config`` / ``ASR_path`` / ``F0_path`` / ``PLBERT_dir``
-    name."""
+    """A release's local files: ``config`` and ``checkpoint`` (in the hub cache; None when not asked for) and
+    ``utils_root``, the folder holding ``Utils/...`` that the config's relative ``ASR_config`` / ``ASR_path`` /
+    ``F0_path`` / ``PLBERT_dir`` name."""
 
     config: Path
-    checkpoint: Path
+    checkpoint: Path | None
     utils_root: Path
 
 
@@ -192,12 +192,14 @@ def utils_files(cache: str | Path | None = None, files: Mapping[str, str] | None
     return root
 
 
-def release_files(name: str, hub_cache: str | Path | None = None, cache: str | Path | None = None) -> ReleaseFiles:
-    """The files of the official release `name` (a key of `RELEASES`): config and checkpoint from the hub
-    (`hub_file`), the aux models from GitHub (`utils_files`), each fetched once and checked."""
+def release_files(name: str, hub_cache: str | Path | None = None, cache: str | Path | None = None,
+                  checkpoint: bool = True) -> ReleaseFiles:
+    """The files of the official release `name` (a key of `RELEASES`): config and (with `checkpoint`) the
+    checkpoint from the hub (`hub_file`), the aux models from GitHub (`utils_files`), each fetched once and
+    checked."""
     if name not in RELEASES:
         raise ValueError(f"unknown StyleTTS 2 release {name!r}; known: {sorted(RELEASES)}")
     release = RELEASES[name]
     return ReleaseFiles(config=hub_file(release.repo_id, release.config, hub_cache),
-                        checkpoint=hub_file(release.repo_id, release.checkpoint, hub_cache),
+                        checkpoint=hub_file(release.repo_id, release.checkpoint, hub_cache) if checkpoint else None,
                         utils_root=utils_files(cache))
