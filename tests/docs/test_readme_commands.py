@@ -4,7 +4,8 @@ Each block is preceded by a marker line (an HTML comment, invisible on the rende
 
 - ``<!-- doc-test: run -->``: run verbatim by bash (``set -euo pipefail``) in a scratch folder that mirrors the
   README's folder (symlinks to its entries), with this tree's ``tts_bpeft`` importable; fast blocks only.
-- ``<!-- doc-test: run slow -->``: the same, marked slow and e2e (minutes: tiny end-to-end runs).
+- ``<!-- doc-test: run slow -->``: the same, marked slow (minutes: tiny end-to-end runs).
+- ``<!-- doc-test: run e2e -->``: the same, marked slow and e2e (CI runs it: ``make test-e2e``).
 - ``<!-- doc-test: config -->``: for blocks that need real data, a hub or a GPU. Bash runs the block with every
   command but ``python`` / ``torchrun`` doing nothing (``python`` only records its arguments), so variables,
   quoting and line continuations are the shell's own. Each recorded ``python <script>.py <overrides>`` must
@@ -39,7 +40,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[2]
 READMES = sorted([REPO / "README.md", *REPO.glob("recipes/*/README.md")])
 FENCE = re.compile(r"^```(bash|sh|shell)\s*$")
-MARKER = re.compile(r"^<!--\s*doc-test:\s*(run slow|run|config|skip\s+\S.*?)(?:\s+in\s+(\S+))?\s*-->\s*$")
+MARKER = re.compile(r"^<!--\s*doc-test:\s*(run slow|run e2e|run|config|skip\s+\S.*?)(?:\s+in\s+(\S+))?\s*-->\s*$")
 HYDRA_MAIN = re.compile(r"@hydra\.main\(.*config_path=\"([^\"]+)\".*config_name=\"([^\"]+)\"")
 END = "@@END@@"
 
@@ -83,8 +84,8 @@ ALL = [b for readme in READMES for b in blocks(readme)]
 def test_every_block_has_a_marker() -> None:
     assert ALL, "no shell blocks found: the README discovery is broken"
     unmarked = [b.id for b in ALL if not b.mode]
-    assert not unmarked, (f"shell blocks without a '<!-- doc-test: run | run slow | config | skip <reason> -->' "
-                          f"line above the fence: {unmarked} (see {Path(__file__).relative_to(REPO)})")
+    assert not unmarked, (f"shell blocks without a '<!-- doc-test: run | run slow | run e2e | config | skip <reason> "
+                          f"-->' line above the fence: {unmarked} (see {Path(__file__).relative_to(REPO)})")
 
 
 def scratch_mirror(folder: Path, scratch: Path) -> Path:
@@ -187,7 +188,7 @@ def check_command(block: Block, argv: list[str]) -> int:
 
 
 def _params(mode: str) -> list:
-    marks = [pytest.mark.slow, pytest.mark.e2e] if mode == "run slow" else []
+    marks = {"run slow": [pytest.mark.slow], "run e2e": [pytest.mark.slow, pytest.mark.e2e]}.get(mode, [])
     return [pytest.param(b, id=b.id, marks=marks) for b in ALL if b.mode == mode]
 
 
@@ -199,7 +200,7 @@ def test_config_blocks_name_existing_scripts_and_valid_overrides(block: Block, t
         check_command(block, argv)
 
 
-@pytest.mark.parametrize("block", _params("run") + _params("run slow"))
+@pytest.mark.parametrize("block", _params("run") + _params("run slow") + _params("run e2e"))
 def test_run_blocks_work_verbatim(block: Block, tmp_path: Path) -> None:
     run_block(block, tmp_path)
 

@@ -44,8 +44,11 @@ def _evaluate(args: list[str], hub_cache: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
+@pytest.mark.e2e
+def test_evaluate_recipe_with_tiny_styletts2(tmp_path, monkeypatch) -> None:
     from tts_bpeft.speech_data.synthetic import make_vctk
+
+    monkeypatch.setenv("TTS_BPEFT_CACHE", str(tmp_path / "cache"))  # phonemes and scorers: nothing shared
 
     vctk = make_vctk(tmp_path / "VCTK-Corpus-0.92", speakers=("p248", "p225"), utterances_per_speaker=5).root
     run = _finetune_one_step(vctk, tmp_path / "multirun" / "lora_l2sp_lam0.001")

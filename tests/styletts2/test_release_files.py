@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from release_layout import write_release
 
-from tts_bpeft.family import family
+from tts_bpeft.family import FAMILIES, family
 from tts_bpeft.styletts2 import release as release_module
 from tts_bpeft.styletts2.release import (
     RELEASES,
@@ -68,6 +68,10 @@ def caches(written, tmp_path, monkeypatch) -> dict:
     monkeypatch.setenv("TTS_BPEFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # no Utils/ in the working directory: the aux cache must be used
     return {"hub": hub, "snapshot": snapshot, "utils": utils}
+
+
+def test_the_release_names_are_model_names_not_paths() -> None:
+    assert {"tiny", *RELEASES} == set(FAMILIES["styletts2"].model_names)
 
 
 def test_git_blob_sha1_is_gits_hash(tmp_path) -> None:
