@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint install system-deps clean
+.PHONY: demo test test-e2e test-slow lint install system-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
@@ -30,6 +30,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the end-to-end subset CI runs after `make test` (marker e2e): the StyleTTS 2 recipes curvature -> fine-tuning
+# with every prior -> synthesis / evaluation / export, and the README's tiny commands as written
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q -m e2e --durations=0
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

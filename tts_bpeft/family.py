@@ -49,15 +49,18 @@ class FamilyEntry:
     """A registered family: ``implementation``, the ``"module:Class"`` implementing :class:`ModelFamily`
     (imported on first use); ``model_paths``, the dotted keys of its model settings that hold file paths
     (made absolute against the folder they were written from, `tts_bpeft.runs.resolve_paths`; known
-    without importing the family)."""
+    without importing the family); ``model_names``, the values of those keys that name a built-in model or a
+    release, never a path (kept as they are even where a folder of that name exists)."""
 
     implementation: str
     model_paths: tuple[str, ...] = ()
+    model_names: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, FamilyEntry] = {
     "styletts2": FamilyEntry("tts_bpeft.styletts2.family:StyleTTS2Family",
-                             ("config", "checkpoint", "aux.asr", "aux.pitch", "aux.plbert")),
+                             ("config", "checkpoint", "aux.asr", "aux.pitch", "aux.plbert"),
+                             ("tiny", "libritts", "ljspeech")),  # the tiny build, tts_bpeft.styletts2.release
     "kokoro": FamilyEntry("tts_bpeft.kokoro.family:KokoroFamily"),
 }
 """Family name -> its entry."""
@@ -240,6 +243,11 @@ def family(name: str) -> ModelFamily:
 def model_paths(name: str) -> tuple[str, ...]:
     """The dotted keys of family ``name``'s model settings that hold file paths (no import of the family)."""
     return _entry(name).model_paths
+
+
+def model_names() -> frozenset[str]:
+    """Every family's built-in model and release names: values of path keys that are never paths."""
+    return frozenset(n for entry in FAMILIES.values() for n in entry.model_names)
 
 
 def estimate_pretraining_curvature(model_family: ModelFamily, model: TTSModel, utterances: Sequence[Utterance],

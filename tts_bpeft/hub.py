@@ -6,7 +6,8 @@
 - `cached_file`: a repository's file in the local cache (``cache_dir``, default ``$HF_HUB_CACHE``), found
   without any network access;
 - `hub_cache_dir`: the cache folder that is searched, for error messages that say where files belong;
-- `is_hub_id`: whether a model source names a hub repository rather than a local folder.
+- `is_hub_id`: whether a model source names a hub repository rather than a local folder;
+- `user_cache_dir`: this project's cache folder, for files that do not come from the hub.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def cached_file(repo_id: str, filename: str, cache_dir: str | Path | None = None
     None when it has not been downloaded. Never touches the network."""
     found = try_to_load_from_cache(repo_id, filename, cache_dir=str(hub_cache_dir(cache_dir)))
     return Path(found) if isinstance(found, str) else None
+
+
+def user_cache_dir() -> Path:
+    """This project's cache folder: ``$TTS_BPEFT_CACHE``, else ``$XDG_CACHE_HOME/tts_bpeft``, else
+    ``~/.cache/tts_bpeft``; never inside the repository."""
+    if os.environ.get("TTS_BPEFT_CACHE"):
+        return Path(os.environ["TTS_BPEFT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "tts_bpeft"
 
 
 def is_hub_id(source: str | Path) -> bool:

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .family import TTSModel, family, model_paths
+from .family import TTSModel, family, model_names, model_paths
 from .io import save_json, save_safetensors
 from .lora import load_adapter, save_adapter
 from .lora.targets import as_module
@@ -66,15 +66,17 @@ class IncompleteRunError(ValueError):
 def resolve_paths(settings: Mapping[str, Any], keys: Iterable[str], base: str | os.PathLike) -> dict[str, Any]:
     """A copy of ``settings`` whose values at the dotted ``keys`` (e.g. ``"aux.asr"``) are made absolute
     against ``base`` where they are relative paths of something that exists under ``base``. Other values
-    (absolute paths, None, names such as StyleTTS 2's ``"tiny"`` config, paths found nowhere) are kept, so
-    a missing file is reported by whoever opens it."""
+    (absolute paths, None, the families' model names such as StyleTTS 2's ``"tiny"`` or ``"libritts"``
+    (`tts_bpeft.family.model_names`, even where ``base`` holds a folder of that name), paths found nowhere)
+    are kept, so a missing file is reported by whoever opens it."""
     out = json.loads(json.dumps(dict(settings)))
+    names = model_names()
     for key in keys:
         *parents, last = key.split(".")
         node = out
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or not isinstance(node.get(last), str) or not node[last]:
+        if not isinstance(node, dict) or not isinstance(node.get(last), str) or node[last] in ("", *names):
             continue
         value = Path(node[last]).expanduser()
         if not value.is_absolute() and (Path(base) / value).exists():

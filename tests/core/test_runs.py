@@ -135,6 +135,9 @@ def test_resolve_paths_touches_only_relative_paths_that_exist(tmp_path) -> None:
     assert out == {**settings, "checkpoint": str(tmp_path / "a.pth"),
                    "aux": {"asr": str(tmp_path / "sub"), "pitch": None, "plbert": "gone.t7"}}
     assert settings["checkpoint"] == "a.pth"  # the input is left as it was
+    for name in ("tiny", "libritts"):  # model names stay names where a folder of that name exists
+        (tmp_path / name).mkdir()
+        assert resolve_paths({"config": name}, ["config"], tmp_path) == {"config": name}
 
 
 def test_run_folders_are_found_and_bad_ones_named(tmp_path) -> None:

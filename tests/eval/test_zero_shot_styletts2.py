@@ -44,8 +44,11 @@ def _evaluate(args: list[str], hub_cache: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
+@pytest.mark.e2e
+def test_evaluate_recipe_with_tiny_styletts2(tmp_path, monkeypatch) -> None:
     from tts_bpeft.speech_data.synthetic import make_vctk
+
+    monkeypatch.setenv("TTS_BPEFT_CACHE", str(tmp_path / "cache"))  # phonemes and scorers: nothing shared
 
     vctk = make_vctk(tmp_path / "VCTK-Corpus-0.92", speakers=("p248", "p225"), utterances_per_speaker=5).root
     run = _finetune_one_step(vctk, tmp_path / "multirun" / "lora_l2sp_lam0.001")
@@ -67,7 +70,8 @@ def test_evaluate_recipe_with_tiny_styletts2(tmp_path) -> None:
     assert [(r["system"], r["speaker"], r["role"]) for r in rows] == [
         ("pretrained", "p248", "target"), ("pretrained", "p225", "unseen"),
         ("lora_l2sp_lam0.001", "p248", "target"), ("lora_l2sp_lam0.001", "p225", "unseen")]
-    assert rows[2]["prior"] == "l2sp" and float(rows[2]["lam"]) == pytest.approx(1e-3)
+    lam = json.loads((run / "summary.json").read_text())["lam"]  # the default (the scale-free lam=1 since 7f4d29b)
+    assert rows[2]["prior"] == "l2sp" and float(rows[2]["lam"]) == pytest.approx(lam)
     assert all(r["n"] == "1" and r["WER"] == "" for r in rows)
     for r in rows:  # random weights may give no speech to embed (empty SIM); a value is a cosine
         assert r["SIM"] == "" or -1.0 <= float(r["SIM"]) <= 1.0

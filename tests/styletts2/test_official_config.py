@@ -10,49 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from styletts2.Utils.ASR.models import ASRCNN
-from styletts2.Utils.JDC.model import JDCNet
+from release_layout import ASR, PLBERT, write_release
 from styletts2.Utils.PLBERT.util import CustomAlbert
-from tiny_model import write_aux_checkpoints
 from transformers import AlbertConfig
 
 from tts_bpeft.family import family
 from tts_bpeft.styletts2.aux_files import candidates, official_aux_files, resolve
-from tts_bpeft.styletts2.build import TINY_CONFIG, build_styletts2, load_config
-from tts_bpeft.styletts2.checkpoints import CheckpointMismatchError, save_checkpoint
-
-# non-stock sizes: neither the package's Utils configs nor the tiny config's asr_params / plbert_params
-ASR = {"input_dim": 80, "hidden_dim": 32, "n_token": 178, "n_layers": 2, "token_embedding_dim": 48}
-PLBERT = {"vocab_size": 178, "hidden_size": 48, "embedding_size": 32, "num_attention_heads": 2,
-          "intermediate_size": 96, "max_position_embeddings": 512, "num_hidden_layers": 1, "dropout": 0.1}
+from tts_bpeft.styletts2.checkpoints import CheckpointMismatchError
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> dict:
     """A StyleTTS 2 repository folder with the aux models and a trained checkpoint in the release layout."""
-    root = tmp_path_factory.mktemp("StyleTTS2")
-    for sub in ("Utils/ASR", "Utils/JDC", "Utils/PLBERT", "Models/LibriTTS"):
-        (root / sub).mkdir(parents=True)
-    (root / "Utils/ASR/config.yml").write_text(yaml.safe_dump({"model_params": ASR, "epochs": 80}))
-    (root / "Utils/PLBERT/config.yml").write_text(yaml.safe_dump({"model_params": PLBERT, "log_dir": "Checkpoint"}))
-    torch.manual_seed(3)
-    aux = {"asr": ASRCNN(**ASR), "pitch": JDCNet(num_class=1, seq_len=192),
-           "plbert": CustomAlbert(AlbertConfig(**PLBERT))}
-    written = write_aux_checkpoints(root / "Utils", aux)
-    written["asr"].rename(root / "Utils/ASR/epoch_00080.pth")
-    written["pitch"].rename(root / "Utils/JDC/bst.t7")
-    written["plbert"].rename(root / "Utils/PLBERT/step_1000000.t7")
-    torch.save({"net": {}}, root / "Utils/PLBERT/step_500.t7")  # an earlier step: the highest one is used
-    config = {k: v for k, v in load_config(TINY_CONFIG).items() if k not in ("asr_params", "plbert_params")}
-    config.update(ASR_config="Utils/ASR/config.yml", ASR_path="Utils/ASR/epoch_00080.pth",
-                  F0_path="Utils/JDC/bst.t7", PLBERT_dir="Utils/PLBERT/")
-    config_path = root / "Models/LibriTTS/config.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    torch.manual_seed(4)
-    trained = build_styletts2(config, aux_configs={"asr": root / "Utils/ASR/config.yml",
-                                                   "plbert": root / "Utils/PLBERT/config.yml"})
-    checkpoint = save_checkpoint(trained, root / "Models/LibriTTS/epochs_2nd_00020.pth")
-    return {"root": root, "config": config_path, "checkpoint": checkpoint, "aux": aux, "trained": trained}
+    written = write_release(tmp_path_factory.mktemp("StyleTTS2"))
+    torch.save({"net": {}}, written["root"] / "Utils/PLBERT/step_500.t7")  # an earlier step: the highest is used
+    return written
 
 
 def _same(module: torch.nn.Module, other: torch.nn.Module) -> bool:

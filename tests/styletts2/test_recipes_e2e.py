@@ -1,13 +1,16 @@
 """The StyleTTS 2 recipes end to end on the tiny build and generated corpora (slow: minutes on 2 cores).
 
-curvature (KFAC, EWC) -> a hydra multirun fine-tuning sweep over every prior -> synthesis -> export; a killed
-fine-tuning run resumes to the same adapter; two processes (torchrun-style, gloo) fine-tune like one.
+curvature (KFAC, EWC) -> a hydra multirun fine-tuning sweep over every prior -> synthesis -> export (also in
+CI: marker e2e); a killed fine-tuning run resumes to the same adapter; two processes (torchrun-style, gloo)
+fine-tune like one. Every recipe process runs in this module's temporary folder with its own phoneme cache
+(``TTS_BPEFT_CACHE``), fixed seeds (the recipes' ``seed=0``) and, for gloo, a free port.
 """
 
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,9 +31,15 @@ FAST = ["optim.batch_size=1", "loss.max_frames=84", "checkpoint_every=1", "progr
         "data.val_utterances=1", "data.test_utterances=1"]
 
 
+def recipe_env(cwd: Path) -> dict[str, str]:
+    """The environment of a recipe process: this tree importable, the user caches in `cwd` (no state shared
+    with other tests or the user's own runs)."""
+    return {**os.environ, "PYTHONPATH": str(RECIPES.parents[1]), "TTS_BPEFT_CACHE": str(cwd / ".cache")}
+
+
 def recipe(script: str, *overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, str(RECIPES / script), *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=1800)
+                          text=True, timeout=1800, env=recipe_env(cwd))
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     known = [k.message for k in (*KNOWN_WARNINGS, *KNOWN_LOG_RECORDS)]
@@ -65,6 +74,7 @@ def workdir(tmp_path_factory, vctk_root, libritts_root):
     return work
 
 
+@pytest.mark.e2e
 def test_curvature_files_fit_the_preset_model(workdir):
     styletts2 = family("styletts2")
     model = styletts2.build({"config": "tiny"})
@@ -76,6 +86,7 @@ def test_curvature_files_fit_the_preset_model(workdir):
     assert summary["layers"] == len(kfac.names) and summary["bytes"] > 0
 
 
+@pytest.mark.e2e
 def test_prior_sweep_synthesis_and_export(workdir, vctk_root):
     sweep = workdir / "sweep"
     recipe("finetune.py", "-m", "prior=none,l2sp,ewc,kfac", f"data.vctk_root={vctk_root}", "optim.max_steps=2",
@@ -100,7 +111,7 @@ def test_prior_sweep_synthesis_and_export(workdir, vctk_root):
 
     merged = workdir / "merged.pth"
     out = subprocess.run([sys.executable, str(RECIPES / "export.py"), str(runs["kfac"]), str(merged)], cwd=workdir,
-                         capture_output=True, text=True, timeout=1800)
+                         capture_output=True, text=True, timeout=1800, env=recipe_env(workdir))
     assert out.returncode == 0 and merged.is_file(), out.stderr[-3000:]
     styletts2 = family("styletts2")
     adapted, _ = load_run(runs["kfac"])
@@ -117,7 +128,7 @@ def test_killed_finetuning_resumes_to_the_same_adapter(workdir, vctk_root):
     recipe("finetune.py", *common, f"hydra.run.dir={whole}", cwd=workdir)
     killed = workdir / "killed"
     proc = subprocess.Popen([sys.executable, str(RECIPES / "finetune.py"), *common, f"hydra.run.dir={killed}"],
-                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=recipe_env(workdir))
     deadline = time.time() + 1200
     while not (killed / "checkpoint.pt").is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -136,7 +147,10 @@ def test_two_processes_share_the_global_batch(workdir, vctk_root):
     single = workdir / "single"
     recipe("finetune.py", *base, "optim.batch_size=2", f"hydra.run.dir={single}", cwd=workdir)
     ddp = workdir / "ddp"
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+    with socket.socket() as probe:  # a port no other test or job holds
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**recipe_env(workdir), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     procs = [subprocess.Popen([sys.executable, str(RECIPES / "finetune.py"), *base, "optim.batch_size=1",
                                f"hydra.run.dir={ddp}"], cwd=workdir, env={**env, "RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]

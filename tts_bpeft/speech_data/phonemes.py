@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from tts_bpeft.hub import user_cache_dir
 from tts_bpeft.io import write_text
 
 logger = logging.getLogger(__name__)
@@ -25,16 +26,12 @@ def collapse_whitespace(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-CACHE_ENV = "TTS_BPEFT_CACHE"
-
-
 def default_cache() -> Path:
     """The phoneme cache file used when none is named: ``$TTS_BPEFT_CACHE/phonemes.json``, else
     ``$XDG_CACHE_HOME/tts_bpeft/phonemes.json``, else ``~/.cache/tts_bpeft/phonemes.json``. Its entries are
     keyed by text and espeak settings, so one file serves every corpus, and corpora (often read-only) are
     never written."""
-    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tts_bpeft"
-    return Path(root) / "phonemes.json"
+    return user_cache_dir() / "phonemes.json"
 
 
 class Phonemizer:

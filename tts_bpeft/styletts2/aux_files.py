@@ -8,7 +8,8 @@ official ``load_plbert`` does) or, in the pip package's configs, by ``PLBERT_con
 The official scripts run from the repository root, so these paths (``Utils/ASR/config.yml``, ...) are relative
 to the working directory. A relative path is looked up in the working directory first, then beside the config
 file and in its parent folders (the release layout ``Models/LibriTTS/config.yml`` + ``Utils/...`` two folders
-up), and the first existing one is used. A missing file raises `FileNotFoundError` naming the config file, the
+up), then under any extra ``roots`` (a release's fetched ``Utils/``, `tts_bpeft.styletts2.release`), and the first
+existing one is used. A missing file raises `FileNotFoundError` naming the config file, the
 key and every place looked in.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,19 +39,21 @@ class AuxFiles:
     keys: dict[str, str]
 
 
-def candidates(value: str | os.PathLike, config_path: Path) -> list[Path]:
+def candidates(value: str | os.PathLike, config_path: Path, roots: Sequence[Path] = ()) -> list[Path]:
     """Where a path named in `config_path` may be: itself if absolute; else the working directory, the config's
-    folder and its two parent folders, in that order."""
+    folder, its two parent folders and then `roots`, in that order."""
     path = Path(value).expanduser()
     if path.is_absolute():
         return [path]
     folder = config_path.resolve().parent
-    return [Path.cwd() / path, folder / path, folder.parent / path, folder.parent.parent / path]
+    return [Path.cwd() / path, folder / path, folder.parent / path, folder.parent.parent / path,
+            *(Path(root) / path for root in roots)]
 
 
-def resolve(value: str | os.PathLike, config_path: Path, key: str, folder: bool = False) -> Path:
+def resolve(value: str | os.PathLike, config_path: Path, key: str, folder: bool = False,
+            roots: Sequence[Path] = ()) -> Path:
     """The first existing file (or `folder`) among `candidates`; else `FileNotFoundError` naming the key."""
-    places = candidates(value, config_path)
+    places = candidates(value, config_path, roots)
     for place in places:
         if place.is_dir() if folder else place.is_file():
             return place
@@ -69,10 +72,11 @@ def latest_step(folder: Path, config_path: Path, key: str) -> Path:
     return max(steps)[1]
 
 
-def official_aux_files(config_path: str | os.PathLike, config: Mapping[str, Any]) -> AuxFiles | None:
-    """The aux files named by the official keys of `config` (read from `config_path`), resolved; None when the
-    config names none of them (e.g. the tiny build, whose ``asr_params`` / ``plbert_params`` give the shapes).
-    A config that names some must name all three models."""
+def official_aux_files(config_path: str | os.PathLike, config: Mapping[str, Any], roots: Sequence[Path] = ()
+                       ) -> AuxFiles | None:
+    """The aux files named by the official keys of `config` (read from `config_path`), resolved (relative paths
+    also under `roots`); None when the config names none of them (e.g. the tiny build, whose ``asr_params`` /
+    ``plbert_params`` give the shapes). A config that names some must name all three models."""
     path = Path(config_path)
     named = [k for k in (*ASR_KEYS, PITCH_KEY, *PLBERT_KEYS) if config.get(k)]
     if not named:
@@ -83,17 +87,17 @@ def official_aux_files(config_path: str | os.PathLike, config: Mapping[str, Any]
     if missing:
         raise ValueError(f"{path}: names {named} but not {missing}; an official config names all of "
                          f"{[*ASR_KEYS, PITCH_KEY, 'PLBERT_dir']}")
-    configs = {"asr": resolve(config["ASR_config"], path, "ASR_config")}
-    checkpoints = {"asr": resolve(config["ASR_path"], path, "ASR_path"),
-                   "pitch": resolve(config[PITCH_KEY], path, PITCH_KEY)}
+    configs = {"asr": resolve(config["ASR_config"], path, "ASR_config", roots=roots)}
+    checkpoints = {"asr": resolve(config["ASR_path"], path, "ASR_path", roots=roots),
+                   "pitch": resolve(config[PITCH_KEY], path, PITCH_KEY, roots=roots)}
     keys = {"asr_config": "ASR_config", "asr": "ASR_path", "pitch": PITCH_KEY}
     if config.get("PLBERT_dir"):
-        folder = resolve(config["PLBERT_dir"], path, "PLBERT_dir", folder=True)
+        folder = resolve(config["PLBERT_dir"], path, "PLBERT_dir", folder=True, roots=roots)
         configs["plbert"] = resolve(folder / "config.yml", path, "PLBERT_dir")
         checkpoints["plbert"] = latest_step(folder, path, "PLBERT_dir")
         keys.update(plbert_config="PLBERT_dir", plbert="PLBERT_dir")
     else:
-        configs["plbert"] = resolve(config["PLBERT_config"], path, "PLBERT_config")
-        checkpoints["plbert"] = resolve(config["PLBERT_path"], path, "PLBERT_path")
+        configs["plbert"] = resolve(config["PLBERT_config"], path, "PLBERT_config", roots=roots)
+        checkpoints["plbert"] = resolve(config["PLBERT_path"], path, "PLBERT_path", roots=roots)
         keys.update(plbert_config="PLBERT_config", plbert="PLBERT_path")
     return AuxFiles(path, configs, checkpoints, keys)

@@ -35,6 +35,7 @@ from .checkpoints import (
     load_plbert_checkpoint,
 )
 from .device_safe import make_device_safe, warm_up_spectral_norm
+from .release import RELEASES, release_files
 
 PACKAGE_DIR = Path(styletts2.__file__).resolve().parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -165,9 +166,12 @@ def count_parameters(model: Munch) -> dict[str, int]:
 
 def build_base(model_cfg: Mapping[str, Any], device: str | torch.device = "cpu", seed: int = 0
                ) -> tuple[Munch, dict[str, Any]]:
-    """The pre-trained StyleTTS 2 of a run: ``model_cfg = {config: path | "tiny", checkpoint: path | None,
-    aux: {asr, pitch, plbert}: paths | None, random: bool}``. Returns (model, official config dict).
+    """The pre-trained StyleTTS 2 of a run: ``model_cfg = {config: path | "tiny" | "libritts" | "ljspeech",
+    checkpoint: path | None, aux: {asr, pitch, plbert}: paths | None, random: bool}``. Returns (model, official
+    config dict).
 
+    ``libritts`` / ``ljspeech`` name an official release: its config, checkpoint (unless ``checkpoint`` names
+    another) and aux models are fetched into the caches and checked (`tts_bpeft.styletts2.release`).
     No silent random weights: an official config without a checkpoint is refused unless ``random`` is true
     (the ``tiny`` build is random by name: tests and the demo).
 
@@ -175,22 +179,28 @@ def build_base(model_cfg: Mapping[str, Any], device: str | torch.device = "cpu",
     (`tts_bpeft.styletts2.aux_files`); ``aux`` entries replace the weight files they name. A checkpoint whose
     aligner or PL-BERT does not fit these configs raises `CheckpointMismatchError` naming the key to fix.
     """
-    name = model_cfg.get("config", "tiny")
-    config_path = TINY_CONFIG if name == "tiny" else Path(name)
+    name = str(model_cfg.get("config", "tiny"))
+    checkpoint, roots = model_cfg.get("checkpoint"), []
+    if name in RELEASES:
+        release = release_files(name, checkpoint=not checkpoint)  # a checkpoint given replaces the release's
+        config_path, roots = release.config, [release.utils_root]
+        checkpoint = checkpoint or release.checkpoint
+    else:
+        config_path = TINY_CONFIG if name == "tiny" else Path(name)
     config = load_config(config_path)
-    if name != "tiny" and not model_cfg.get("checkpoint") and not model_cfg.get("random"):
+    if name != "tiny" and not checkpoint and not model_cfg.get("random"):
         raise ValueError(f"{config_path}: no model.checkpoint given, so every module but the aux models would be "
                          "random: set model.checkpoint=<epochs_2nd_00020.pth>, or model.random=true to train random "
                          "weights on purpose")
-    official = official_aux_files(config_path, config)
+    official = official_aux_files(config_path, config, roots)
     aux = {**(official.checkpoints if official else {}), **{k: v for k, v in (model_cfg.get("aux") or {}).items()
                                                             if v}}
     torch.manual_seed(seed)
     try:
         model = build_styletts2(config, device=device, aux_checkpoints=aux,
                                 aux_configs=official.configs if official else None)
-        if model_cfg.get("checkpoint"):
-            load_checkpoint(model, model_cfg["checkpoint"])
+        if checkpoint:
+            load_checkpoint(model, checkpoint)
     except CheckpointMismatchError as error:
         raise CheckpointMismatchError(f"{error}\n{_aux_hint(official)}") from None
     return model, config

@@ -1,8 +1,9 @@
 """StyleTTS 2 as a `tts_bpeft.family.ModelFamily`: the integration's one entry point for the run folder,
 the evaluation and the recipes.
 
-Model settings: ``{config: official config.yml path | "tiny", checkpoint: official checkpoint | None,
-aux: {asr, pitch, plbert: official files | None}}`` (`tts_bpeft.styletts2.build.build_base`). Batches are
+Model settings: ``{config: official config.yml path | "tiny" | "libritts" | "ljspeech" (an official release,
+fetched), checkpoint: official checkpoint | None, aux: {asr, pitch, plbert: official files | None}}``
+(`tts_bpeft.styletts2.build.build_base`). Batches are
 `TTSBatch` of recordings with transcripts; the losses are terms of StyleTTS 2's second-stage generator
 objective (`tts_bpeft.styletts2.losses`); synthesis clones the voice of a reference recording (no built-in
 voices) at 24 kHz (`tts_bpeft.styletts2.synthesize`).
