@@ -203,8 +203,8 @@ class ModelFamily(Protocol):
                       ) -> Callable[[Any], tuple[Tensor, dict[str, float]]]:
         """``step_loss(item)`` for `tts_bpeft.training.train`: the batch mean of the fine-tuning objective
         (the loss ``terms`` with ``weights``; None: the family's defaults) as a scalar tensor, and the
-        values to log (floats, ``"loss"`` among them). Modules are put in train mode; with ``amp``, bf16
-        autocast on a GPU."""
+        values to log (floats or 0-dim tensors left on the device, ``"loss"`` among them). Modules are put in
+        train mode; with ``amp``, bf16 autocast on a GPU."""
         ...
 
     def synthesizer(self, model: TTSModel, settings: Mapping[str, Any] | None = None,

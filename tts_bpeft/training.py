@@ -14,8 +14,13 @@ e.g. `linear_schedule`) and `extra_state` objects (e.g. discriminators) are chec
 `on_epoch_end(epoch)` (e.g. a validation metric) may return floats that are added to the epoch's last log row.
 
 Bad numbers stop the run: settings and the optimizer's hyperparameters are checked before the first step,
-and a non-finite loss term or prior stops training with `NonFiniteLossError` naming the step and the terms;
-weights that went non-finite are never checkpointed, so ``checkpoint.pt`` keeps the last good state.
+and a non-finite loss term or prior stops training with `NonFiniteLossError` naming the step and the terms,
+before the optimizer steps; weights that went non-finite are never checkpointed, so ``checkpoint.pt`` keeps
+the last good state.
+
+No host sync per batch: the values to log may be 0-dim tensors (on the model's device); they, the losses and
+the prior of all accumulated batches are read back together, once per optimizer step (the check above needs
+them on the host), so a GPU runs a step's batches without waiting for the CPU.
 
 Data parallel: with ``torch.distributed`` initialised, each process passes its own shard of every global
 batch and the gradients of the trainable tensors are averaged before each optimizer step (the loss of a
@@ -45,7 +50,7 @@ from .io import atomic_write, write_text
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
 
-StepLoss = Callable[[Any], tuple[Tensor, dict[str, float]]]
+StepLoss = Callable[[Any], tuple[Tensor, Mapping[str, float | Tensor]]]
 Scheduler = torch.optim.lr_scheduler.LRScheduler
 
 
@@ -220,6 +225,15 @@ def _non_finite(values: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in values.items() if not math.isfinite(v)}
 
 
+def _read_back(rows: list[Mapping[str, float | Tensor]]) -> list[dict[str, float]]:
+    """`rows` with every tensor value as a float, all tensors read back to the host in one transfer."""
+    tensors = [v for row in rows for v in row.values() if isinstance(v, Tensor)]
+    if tensors:
+        device = tensors[0].device
+        values = iter(torch.stack([t.detach().float().reshape(()).to(device) for t in tensors]).tolist())
+    return [{k: next(values) if isinstance(v, Tensor) else float(v) for k, v in row.items()} for row in rows]
+
+
 def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
           batches: Callable[[int], Sized], step_loss: StepLoss, out_dir: str | os.PathLike,
           settings: TrainSettings | None = None, penalty: Callable[[], Tensor] | None = None,
@@ -230,15 +244,16 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
 
     `batches(epoch)` gives this process's batches of one epoch (deterministically; a sized iterable such as
     a DataLoader, so that its length is known without loading it); `step_loss(batch)`
-    returns the mean loss of a batch and floats to log. `penalty()` (e.g. ``lambda: prior.penalty(model)``)
-    is added once per optimizer step. `buffers` (name -> tensor) are non-trained tensors that forward passes
-    change (BatchNorm statistics, spectral-norm vectors): checkpointed too, so that resuming is exact;
-    `extra_state` (name -> object with ``state_dict``/``load_state_dict``, e.g. discriminators trained
-    inside `step_loss`) likewise. `scheduler` steps after every optimizer step. `on_epoch_end(epoch)`
-    (1-based; also after a last, partial epoch cut by `max_steps`) returns floats added to that epoch's last
-    log row. Returns ``{"steps", "epochs", "seconds", "last": last log row, "history": per-epoch means of the
-    log rows (plus the `on_epoch_end` values)}``. Raises `NonFiniteLossError` (after keeping the last good
-    checkpoint) when a loss term, the prior or the trained tensors become non-finite.
+    returns the mean loss of a batch and values to log (floats or 0-dim tensors, read back once per step).
+    `penalty()` (e.g. ``lambda: prior.penalty(model)``) is added once per optimizer step. `buffers` (name ->
+    tensor) are non-trained tensors that forward passes change (BatchNorm statistics, spectral-norm vectors):
+    checkpointed too, so that resuming is exact; `extra_state` (name -> object with ``state_dict``/
+    ``load_state_dict``, e.g. discriminators trained inside `step_loss`) likewise. `scheduler` steps after
+    every optimizer step. `on_epoch_end(epoch)` (1-based; also after a last, partial epoch cut by
+    `max_steps`) returns floats added to that epoch's last log row. Returns ``{"steps", "epochs", "seconds",
+    "last": last log row, "history": per-epoch means of the log rows (plus the `on_epoch_end` values)}``.
+    Raises `NonFiniteLossError` (after keeping the last good checkpoint) when a loss term, the prior or the
+    trained tensors become non-finite.
     """
     settings = settings or TrainSettings()
     check_optimizer(optimizer)
@@ -292,23 +307,28 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
             next(iterator, None)
         if skip and position["epoch_rng"] is not None:
             _set_rng_state(resumed_rng)
-        accumulated, logs = 0, []
+        accumulated, pending, indices = 0, [], []
         for index, batch in enumerate(iterator, start=skip):
             if step >= total:
                 break
             loss, values = step_loss(batch)
-            bad = _non_finite({"loss": float(loss.detach()), **values})
-            if bad:
-                raise stop(epoch, index, bad)
             (loss / settings.grad_accum).backward()
-            logs.append(values)
+            pending.append(({"loss": loss.detach()}, values))
+            indices.append(index)
             accumulated += 1
             if accumulated < settings.grad_accum and index < per_epoch - 1:
                 continue
             prior = penalty() if penalty is not None else None
+            read = _read_back([row for pair in pending for row in pair] +
+                              [{"prior": prior if prior is not None else 0.0}])
+            logs, prior_value = read[1:-1:2], read[-1]
+            for batch_index, loss_value, values in zip(indices, read[0:-1:2], logs):
+                bad = _non_finite({**loss_value, **values})
+                if bad:
+                    raise stop(epoch, batch_index, bad)
+            if not math.isfinite(prior_value["prior"]):
+                raise stop(epoch, index, prior_value)
             if prior is not None:
-                if not math.isfinite(float(prior.detach())):
-                    raise stop(epoch, index, {"prior": float(prior.detach())})
                 prior.backward()
             if world > 1:
                 for p in params:
@@ -323,10 +343,9 @@ def train(trainable: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
                 scheduler.step()
             step += 1
             last = {"step": step, "epoch": epoch, "seconds": round(time.time() - started, 3),
-                    **{k: sum(v[k] for v in logs) / len(logs) for k in logs[0]},
-                    "prior": float(prior.detach()) if prior is not None else 0.0}
+                    **{k: sum(v[k] for v in logs) / len(logs) for k in logs[0]}, **prior_value}
             log.add(last)
-            accumulated, logs = 0, []
+            accumulated, pending, indices = 0, [], []
             bar.update(1)
             bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4g}", prior=f"{last['prior']:.3g}")
             if step % settings.checkpoint_every == 0 or step == total:

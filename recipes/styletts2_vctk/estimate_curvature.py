@@ -46,7 +46,10 @@ def main(cfg: DictConfig) -> None:
         description=f"LibriTTS {list(cfg.libritts.subsets)} {len(corpus.utterances)} utterances at {root}")
     seconds = time.time() - started
     output = out_dir / cfg.output
-    dtype = getattr(torch, cfg.storage_dtype) if cfg.storage_dtype else None
+    rank = cfg.storage.rank
+    if rank is not None:  # an integer: eigenpairs per factor; a float: the share of each factor's trace kept
+        curvature = curvature.compress(**({"rank": rank} if isinstance(rank, int) else {"energy": float(rank)}))
+    dtype = getattr(torch, cfg.storage.dtype) if cfg.storage.dtype else None
     curvature.save(output, dtype=dtype)
     summary = {"file": str(output), "bytes": output.stat().st_size, "layers": len(curvature.names),
                "samples": curvature.samples, "method": cfg.method, "fisher": cfg.fisher, "seconds": seconds,

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tts_bpeft import Curvature, add_lora, estimate_curvature
+from tts_bpeft.curvature.storage import LayerCurvature
 
 
 class Net(nn.Module):
@@ -65,17 +66,40 @@ def test_round_trip_keeps_values_and_metadata(setup, tmp_path):
 
 
 def test_bfloat16_storage_loads_as_float32_close_to_the_original(setup, tmp_path):
-    _, kfac, _ = setup
-    path = kfac.save(tmp_path / "bf16.safetensors", dtype=torch.bfloat16)
-    raw, _ = _tensors(path)
-    assert all(v.dtype == torch.bfloat16 for v in raw.values())
-    loaded = Curvature.load(path)
-    for name in kfac.names:
-        for key, value in kfac.term(name).items():
-            got = loaded.term(name)[key]
-            assert got.dtype == torch.float32
-            torch.testing.assert_close(got, value, rtol=1e-2, atol=1e-2 * value.abs().max().item())
-            assert not torch.equal(got, value)  # it really went through bf16
+    model, kfac, ewc = setup
+    with pytest.raises(ValueError, match="compress them first"):
+        kfac.save(tmp_path / "dense.safetensors", dtype=torch.bfloat16)
+    eigen = kfac.compress(energy=1.0)  # every eigenpair: the same form, stored as V diag(vals) V^T
+    for curv in (eigen, ewc):
+        path = curv.save(tmp_path / f"{curv.method}_bf16.safetensors", dtype=torch.bfloat16)
+        raw, _ = _tensors(path)
+        assert all(v.dtype == torch.bfloat16 for v in raw.values())
+        loaded = Curvature.load(path, model=model)
+        for name in curv.names:
+            for key, value in curv.term(name).items():
+                got = loaded.term(name)[key]
+                assert got.dtype == torch.float32
+                torch.testing.assert_close(got, value, rtol=1e-2, atol=1e-2 * value.abs().max().item())
+                assert not torch.equal(got, value)  # it really went through bf16
+
+
+def test_bfloat16_eigenbasis_of_a_large_factor_stays_psd_where_the_dense_form_would_not(tmp_path):
+    """Why dense factors are refused below float32: a 1024-wide covariance of correlated, non-centred inputs
+    (like conv patches) rounded to bf16 has clearly negative eigenvalues; its eigenbasis in bf16 loads."""
+    torch.manual_seed(0)
+    d, n = 1024, 4000
+    X = torch.randn(n, d) @ (torch.randn(d, d) * torch.logspace(0, -3, d)[None, :]) + 3.0
+    A, G = X.T @ X / n, torch.eye(4)
+    dense_bf16 = A.bfloat16().double()
+    assert torch.linalg.eigvalsh(dense_bf16).min() < -1e-3 * A.diagonal().max()
+    curv = Curvature("kfac", "empirical", "expand", {"w": LayerCurvature("linear", (4, d), [{"A": A, "G": G}], [n])}, n)
+    path = curv.compress(energy=1.0).save(tmp_path / "big.safetensors", dtype=torch.bfloat16)
+    back = Curvature.load(path).term("w")
+    rebuilt = back["A_vecs"].double() @ torch.diag(back["A_vals"].double()) @ back["A_vecs"].double().T
+    assert torch.linalg.eigvalsh(rebuilt).min() > -1e-6 * A.diagonal().max()
+    dW = torch.randn(4, d, dtype=torch.float64)
+    exact, stored = (dW * (dW @ A.double())).sum(), (dW * (dW @ rebuilt)).sum()
+    assert abs(stored / exact - 1) < 1e-2
 
 
 def test_layer_mismatches_name_the_layers(setup, tmp_path):

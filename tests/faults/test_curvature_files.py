@@ -184,8 +184,10 @@ def test_a_missing_tensor_is_found_at_load_time_not_at_the_first_penalty(kfac_fi
 
 def test_good_files_still_round_trip_in_every_storage_form(setup, tmp_path):
     model, kfac, ewc = setup
+    with pytest.raises(ValueError, match="compress them first"):  # dense KFAC in bf16 is not PSD (storage.py)
+        kfac.save(tmp_path / "dense_bf16.safetensors", dtype=torch.bfloat16)
     for curvature in (kfac, ewc, kfac.compress(2)):
-        for dtype in (None, torch.bfloat16):
+        for dtype in ((None,) if curvature is kfac else (None, torch.bfloat16)):
             path = curvature.save(tmp_path / f"{curvature.method}.safetensors", dtype=dtype)
             loaded = Curvature.load(path, model)
             for name in curvature.names:

@@ -94,6 +94,39 @@ def test_compressed_factors(setup):
     assert differs >= 4  # the truncation is visible, so the comparison above is not full == full
 
 
+@pytest.mark.parametrize("energy", [0.5, 0.9, 0.999])
+def test_compressed_by_energy_keeps_the_fewest_eigenpairs_holding_that_trace_share(setup, energy):
+    model, kfac, _, _ = setup
+    compressed = kfac.compress(energy=energy)
+    penalties = package_prior(compressed).layer_penalties(model)
+    layers = layers_of(model)
+    for name in NAMES:
+        terms = []
+        for term, kept in zip(kfac.terms(name), compressed.terms(name)):
+            low = {}
+            for key in ("A", "G"):
+                vals = torch.linalg.eigvalsh(term[key].double()).clamp(min=0).flip(0)  # descending
+                shares = vals.cumsum(0) / vals.sum()
+                k = int((shares < energy - 1e-9).sum()) + 1  # the first prefix reaching the share
+                assert kept[key + "_vals"].shape == (k,), (name, key)
+                assert shares[k - 1] >= energy - 1e-9 and (k == 1 or shares[k - 2] < energy)
+                full_vals, vecs = torch.linalg.eigh(term[key].double())
+                low[key] = vecs[:, -k:] @ torch.diag(full_vals[-k:]) @ vecs[:, -k:].T
+            terms.append(low)
+        dense = dense_kfac(lora_delta(*layers[name]), terms)
+        torch.testing.assert_close(penalties[name].double(), dense, rtol=1e-4, atol=1e-7)
+    full = package_prior(kfac).layer_penalties(model)
+    for name, q in package_prior(kfac.compress(energy=1.0)).layer_penalties(model).items():
+        torch.testing.assert_close(q, full[name], rtol=1e-4, atol=1e-7)
+    again = package_prior(kfac.compress(energy=1.0).compress(energy=energy)).layer_penalties(model)
+    for name, q in again.items():  # truncating a stored eigenbasis further keeps the same eigenpairs
+        torch.testing.assert_close(q, penalties[name], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="either rank"):
+        kfac.compress(rank=2, energy=0.9)
+    with pytest.raises(ValueError, match="trace fraction"):
+        kfac.compress(energy=1.5)
+
+
 def test_weighted_sum_penalty_is_the_weighted_sum_of_dense_forms(setup):
     model, kfac, _, x = setup
     y2 = torch.randn(4, 10, 8)

@@ -19,7 +19,10 @@ loss masks out has exactly zero gradient and is not counted):
 - EKFAC: as EWC, in the eigenbasis ``(Q_A, Q_G)`` of given KFAC factors: ``a`` and ``g`` are rotated first
   (``a Q_A``, ``g Q_G``), so ``grad_n`` becomes ``Q_G^T grad_n Q_A`` and ``diag_sum`` its second moments.
 
-Sums are kept in float64; `tts_bpeft.curvature.estimate` turns them into means.
+Sums are kept in float64; `tts_bpeft.curvature.estimate` turns them into means. Every product is taken in
+`statistics_dtype` (at least float32) with autocast switched off, whatever autocast the model runs under (bf16
+inputs and gradients are cast up first), and nothing is read back to the host while accumulating: token counts stay
+tensors on the layer's device until `LayerStatistics.token_count`, and inactive positions are masked, not removed.
 """
 
 from __future__ import annotations
@@ -52,13 +55,18 @@ class LayerStatistics:
     A_sum: Tensor | None = None
     G_sum: Tensor | None = None
     diag_sum: Tensor | None = None
-    tokens: int = 0
+    tokens: Tensor | int = 0  # a device tensor while accumulating (no host sync), an int after `token_count`
     per_sample_grad: Tensor | None = field(default=None, repr=False)
 
     def add(self, name: str, value: Tensor) -> None:
         current = getattr(self, name)
         value = value.detach().double()
         setattr(self, name, value if current is None else current + value)
+
+    def token_count(self) -> int:
+        """The number of counted positions (reads a device count back to the host once)."""
+        self.tokens = int(self.tokens)
+        return self.tokens
 
 
 class CurvatureCapture:
@@ -151,7 +159,9 @@ class CurvatureCapture:
         first = [True]  # the inputs are counted once per call, however many backward passes (MC draws)
 
         def on_gradient(grad: Tensor) -> None:
-            self._accumulate(name, a, to_normal(grad.detach()).to(dtype), first[0])
+            # a backward pass run inside an autocast region runs its hooks there too: the products are fp32
+            with torch.autocast(grad.device.type, enabled=False):
+                self._accumulate(name, a, to_normal(grad.detach()).to(dtype), first[0])
             first[0] = False
         output.register_hook(on_gradient)
 
@@ -180,19 +190,20 @@ class CurvatureCapture:
             return
         if self.kfac_approx == "expand":
             if first:
-                active = a[(g != 0).any(-1)]
-                stats.add("A_sum", active.T @ active)
-                stats.tokens += active.shape[0]
+                active = (g != 0).any(-1)  # (B, P); masked rather than indexed: no host sync
+                masked = (a * active[..., None]).reshape(-1, a.shape[-1])
+                stats.add("A_sum", masked.T @ masked)
+                stats.tokens = stats.tokens + active.sum()
             flat = g.reshape(-1, g.shape[-1])
             stats.add("G_sum", flat.T @ flat)
             return
         a, g = self._by_sample(name, a, g)
         if first:
             active = (g != 0).any(-1)
-            count = active.sum(1)
-            a_mean = (a * active[..., None]).sum(1)[count > 0] / count[count > 0, None]
+            count = active.sum(1)  # a sample without active positions has a zero mean: it adds nothing to A_sum
+            a_mean = (a * active[..., None]).sum(1) / count.clamp(min=1)[:, None]
             stats.add("A_sum", a_mean.T @ a_mean)
-            stats.tokens += a_mean.shape[0]
+            stats.tokens = stats.tokens + (count > 0).sum()
         g_sum = g.sum(1)
         stats.add("G_sum", g_sum.T @ g_sum)
 

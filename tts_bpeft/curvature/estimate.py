@@ -115,7 +115,7 @@ def _all_reduce(stats: dict[str, LayerStatistics], samples: int, device: torch.d
             value = value.to(device)
             dist.all_reduce(value)
             setattr(layer, name, value.cpu())
-        count = torch.tensor([layer.tokens], dtype=torch.float64, device=device)
+        count = torch.tensor([layer.token_count()], dtype=torch.float64, device=device)
         dist.all_reduce(count)
         layer.tokens = int(count.item())
     total = torch.tensor([samples], dtype=torch.float64, device=device)
@@ -230,19 +230,21 @@ def _finish(capture: CurvatureCapture, draws_total: int, targets: Mapping[str, L
             kfac: Curvature | None = None, bases: Mapping[str, tuple[Tensor, Tensor]] | None = None
             ) -> dict[str, LayerCurvature]:
     """Sums -> means: A over tokens, G and diag (EWC) or scales (EKFAC, with the `bases` of `kfac` and its
-    token counts) over samples x draws (float32)."""
+    token counts) over samples x draws (float32). Each layer's float64 sums are released once its means
+    exist, so the peak is the sums plus one layer's means, not the sums plus all means."""
     method, layers = capture.method, {}
     for name, s in capture.stats.items():
-        if (method == "kfac" and (s.G_sum is None or s.tokens == 0)) or (method != "kfac" and s.diag_sum is None):
+        tokens = s.token_count()
+        if (method == "kfac" and (s.G_sum is None or tokens == 0)) or (method != "kfac" and s.diag_sum is None):
             raise ValueError(f"layer {name!r} received no gradient: is it used by loss_fn's loss?")
-        tokens = s.tokens
         if method == "kfac":
-            term = {"A": (s.A_sum / s.tokens).float(), "G": (s.G_sum / draws_total).float()}
+            term = {"A": (s.A_sum / tokens).float(), "G": (s.G_sum / draws_total).float()}
         elif method == "ewc":
             term = {"diag": (s.diag_sum / draws_total).float()}
         else:
             Q_A, Q_G = bases[name]
             term = {"A_basis": Q_A.float(), "G_basis": Q_G.float(), "scales": (s.diag_sum / draws_total).float()}
             tokens = kfac.layers[name].tokens[0]
+        s.A_sum = s.G_sum = s.diag_sum = None
         layers[name] = LayerCurvature(s.kind, s.shape, [term], [tokens], layer_fingerprint(targets[name]))
     return layers

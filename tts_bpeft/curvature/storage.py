@@ -171,6 +171,16 @@ def _read_header(path: Path, meta: Mapping[str, str]) -> dict:
     return head
 
 
+def _energy_rank(ascending: Tensor, energy: float) -> int:
+    """The fewest leading (largest) eigenvalues, of `ascending` (>= 0, in ascending order), whose sum is at
+    least `energy` times the sum of all; at least 1."""
+    total = float(ascending.sum())
+    if total <= 0:
+        return 1
+    kept = ascending.flip(0).cumsum(0)
+    return min(ascending.shape[0], int((kept < energy * total * (1 - 1e-12)).sum()) + 1)
+
+
 class KroneckerFactors(NamedTuple):
     """KFAC's factors of one layer, ``F ~= input_cov (x) grad_cov`` (the module docstring's ``A`` and ``G``)."""
 
@@ -277,21 +287,32 @@ class Curvature:
                        fingerprint=first.fingerprint if len(fingerprints) == 1 else "",
                        description=" + ".join(f"{w:g} x [{e.description}]" for e, w in zip(estimates, weights)))
 
-    def compress(self, rank: int) -> Curvature:
-        """Keep the top-`rank` eigenpairs of every KFAC factor (memory ``O(rank * d)`` instead of ``d^2``)."""
+    def compress(self, rank: int | None = None, energy: float | None = None) -> Curvature:
+        """Keep the leading eigenpairs of every KFAC factor (memory ``O(k d)`` instead of ``d^2``): the top
+        `rank` of each, or (`energy`, a fraction in (0, 1]) the fewest whose eigenvalues sum to at least that
+        fraction of the factor's trace (of the kept eigenpairs, for an estimate compressed before). The dropped
+        eigenvalues are zero in the kept form, so a ``dW`` is charged less by its part along the dropped
+        (low-curvature) directions; `benchmarks/curvature_storage.py` measures the effect on the penalty."""
         if self.method != "kfac":
             raise ValueError("only KFAC factors can be compressed to an eigenbasis")
+        if (rank is None) == (energy is None):
+            raise ValueError("compress needs either rank (eigenpairs per factor) or energy (a trace fraction)")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"compress rank = {rank!r}: must be an integer >= 1")
+        if energy is not None and not 0 < energy <= 1:
+            raise ValueError(f"compress energy = {energy!r}: must be a trace fraction in (0, 1]")
         layers = {}
         for name, layer in self.layers.items():
             terms = []
             for term in layer.terms:
                 new = {}
                 for key in ("A", "G"):
-                    if key not in term:
-                        new.update({k: v for k, v in term.items() if k.startswith(key + "_")})
-                        continue
-                    vals, vecs = torch.linalg.eigh(term[key].double())
-                    k = min(rank, vals.shape[0])
+                    if key in term:
+                        vals, vecs = torch.linalg.eigh(term[key].double())
+                    else:  # already an eigenbasis (ascending eigenvalues): truncated further by the same rule
+                        vals, vecs = term[key + "_vals"].double(), term[key + "_vecs"]
+                    vals = vals.clamp(min=0)  # float rounding of a PSD matrix: tiny negative eigenvalues are 0
+                    k = min(rank, vals.shape[0]) if rank is not None else _energy_rank(vals, energy)
                     new[key + "_vals"] = vals[-k:].float()
                     new[key + "_vecs"] = vecs[:, -k:].float().contiguous()
                 terms.append(new)
@@ -310,7 +331,18 @@ class Curvature:
         }
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write one safetensors file atomically; `dtype` (e.g. torch.bfloat16) shrinks it."""
+        """Write one safetensors file atomically; `dtype` (e.g. torch.bfloat16) shrinks it.
+
+        Dense KFAC factors are refused below float32: rounding a d x d covariance to 8 or 11 mantissa bits
+        gives it negative eigenvalues of ~1e-3 of its diagonal (measured: -3.6 against a diagonal of 996 at
+        d = 1024), which the PSD check at load time rightly refuses. Store them as an eigenbasis
+        (`compress`; ``energy=1.0`` keeps every eigenpair): ``V diag(vals) V^T`` with ``vals >= 0`` stays
+        positive semi-definite however ``V`` is rounded."""
+        if dtype is not None and torch.finfo(dtype).bits < 32 and self.method == "kfac" and any(
+                "A" in term or "G" in term for layer in self.layers.values() for term in layer.terms):
+            raise ValueError(f"dense KFAC factors cannot be stored as {dtype}: rounding breaks their positive "
+                             "semi-definiteness; compress them first (compress(energy=1.0) keeps every "
+                             "eigenpair), or store float32")
         tensors = {f"{name}::{i}::{key}": (value.to(dtype) if dtype is not None else value).detach().cpu()
                    for name, layer in self.layers.items() for i, term in enumerate(layer.terms)
                    for key, value in term.items()}

@@ -101,7 +101,7 @@ class TrainingLoss:
         """What `tts_bpeft.training.train` must checkpoint besides the trainable tensors."""
         return {"discriminators": self.discriminators} if self.discriminators is not None else {}
 
-    def __call__(self, item: tuple[int, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, item: tuple[int, Any]) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         epoch, batch = item
         device = self.objective.device
         for key in GENERATOR_MODULES:
@@ -111,7 +111,8 @@ class TrainingLoss:
                                  epoch=epoch, discriminators=self.discriminators)
         loss = out.total.float().mean()
         trained = {k: out.discriminator.get(k, 0.0) for k in self.discriminators.logged} if self.discriminators else {}
-        return loss, {"loss": float(loss.detach()), **{k: float(v.detach().mean()) for k, v in out.terms.items()},
+        # logged values stay on the device (0-dim tensors): `train` reads them back once per optimizer step
+        return loss, {"loss": loss.detach(), **{k: v.detach().float().mean() for k, v in out.terms.items()},
                       **trained}
 
 

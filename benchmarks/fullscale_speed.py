@@ -1,0 +1,144 @@
+"""Speed at full scale: curvature estimation vs a plain forward + backward of the same loss, and the
+fine-tuning step with each prior form vs plain LoRA, measured side by side in one run (`fullscale_models.py`).
+
+    python benchmarks/fullscale_speed.py --model styletts2 --preset design --steps 3
+    python benchmarks/fullscale_speed.py --model kokoro --preset design --device cuda --amp --steps 50
+
+Estimation: seconds per utterance of `estimate_curvature` (each method) against one forward + backward of the
+same per-utterance loss into the LoRA parameters (eval mode, the same utterances), and their ratio.
+
+Fine-tuning step: forward and backward of the fine-tuning loss on one batch, the prior's penalty forward and
+backward, an AdamW step over the LoRA parameters. The variants (plain LoRA, L2-SP, EWC, KFAC, EKFAC) run in
+turn, round after round, so that machine load affects all alike; medians per variant and their ratio to
+plain LoRA. KFAC and EWC use the estimates just made; EKFAC uses its estimate when ``ekfac`` is among
+``--methods``, else factors of its shapes (identity bases, unit scales: the penalty's cost depends on the
+shapes only). ``--amp``: the step's forward under bf16 autocast (the penalty stays float32). On a GPU the
+clock is read after ``torch.cuda.synchronize()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from curvature_size import placeholder_curvature  # noqa: E402
+from fullscale_models import MODELS, PRESETS, build  # noqa: E402
+
+from tts_bpeft import LaplacePrior, estimate_curvature  # noqa: E402
+from tts_bpeft.lora.targets import lora_targets  # noqa: E402
+
+VARIANTS = ("none", "l2sp", "ewc", "kfac", "ekfac")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _lora_parameters(net) -> list[torch.nn.Parameter]:
+    modules = net.values() if isinstance(net, dict) else [net]
+    return [p for m in modules for n, p in m.named_parameters() if ".lora_" in f".{n}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="styletts2")
+    parser.add_argument("--preset", choices=PRESETS, default="design")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=3, help="rounds of fine-tuning steps (each variant once a round)")
+    parser.add_argument("--utterances", type=int, default=2, help="utterances of the estimation")
+    parser.add_argument("--methods", nargs="+", default=["kfac", "ewc"], choices=("kfac", "ewc", "ekfac"))
+    parser.add_argument("--max-frames", type=int, default=160, help="mel frames (12.5 ms) per utterance")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast in the fine-tuning step's forward")
+    parser.add_argument("--tiny", action="store_true", help="StyleTTS 2's tiny build (checks the script quickly)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    setup = build(args.model, args.preset, args.utterances, args.max_frames, device=args.device, tiny=args.tiny)
+    net, lora = setup.model.net, _lora_parameters(setup.model.net)
+    for module in (net.values() if isinstance(net, dict) else [net]):
+        module.eval()
+    result = {"model": setup.description, "preset": args.preset, "device": str(device), "amp": args.amp,
+              "matrices": len(lora_targets(net)), "estimation": {}, "step_seconds": {}}
+    print(f"{setup.description}; preset {args.preset}, {result['matrices']} adapted weight matrices; {device}",
+          flush=True)
+
+    # estimation vs plain forward + backward, per utterance
+    _sync(device)
+    start = time.perf_counter()
+    for batch in setup.curvature_batches:
+        out = setup.loss_fn(net, batch)
+        loss = out if isinstance(out, torch.Tensor) else sum(t.sampled_nll() for t in out)
+        torch.autograd.grad(loss.sum(), lora, allow_unused=True)
+    _sync(device)
+    plain = (time.perf_counter() - start) / args.utterances
+    curvatures = {}
+    for method in args.methods:
+        _sync(device)
+        start = time.perf_counter()
+        curvatures[method] = estimate_curvature(net, setup.curvature_batches, setup.loss_fn, method=method,
+                                                fisher=setup.fisher, progress=False)
+        _sync(device)
+        seconds = (time.perf_counter() - start) / args.utterances
+        result["estimation"][method] = {"seconds_per_utterance": round(seconds, 3),
+                                        "plain_seconds_per_utterance": round(plain, 3),
+                                        "ratio": round(seconds / plain, 2)}
+        print(json.dumps({"estimation": method, **result["estimation"][method]}), flush=True)
+    if "ekfac" not in curvatures:
+        shapes = {n: tuple(t.weight().shape) for n, t in lora_targets(net).items()}
+        curvatures["ekfac"] = placeholder_curvature(shapes, "ekfac")
+    for curvature in curvatures.values():  # on the model's device once, not at every penalty
+        for layer in curvature.layers.values():
+            layer.terms = [{k: v.to(device) for k, v in term.items()} for term in layer.terms]
+
+    # fine-tuning steps, variants interleaved
+    priors = {"none": None, "l2sp": LaplacePrior(kind="l2sp"),
+              **{m: LaplacePrior(curvatures[m]) for m in ("ewc", "kfac", "ekfac") if m in curvatures}}
+    variants = [v for v in VARIANTS if v in priors]
+    optimizer = torch.optim.AdamW(lora, lr=1e-4)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    item = setup.train_items[0]
+    for round_ in range(args.steps):
+        for variant in variants:
+            _sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                loss = setup.step_loss(item)
+            loss.backward()
+            if priors[variant] is not None:
+                priors[variant].penalty(net).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            times[variant].append(time.perf_counter() - start)
+        print(json.dumps({"round": round_ + 1, **{v: round(t[-1], 3) for v, t in times.items()}}), flush=True)
+    base = statistics.median(times["none"])
+    for variant in variants:
+        median = statistics.median(times[variant])
+        result["step_seconds"][variant] = {"median": round(median, 4), "ratio": round(median / base, 3)}
+
+    print(f"\nestimation ({args.utterances} utterances, {args.max_frames} mel frames each)")
+    print(f"{'method':<7} {'s/utt':>8} {'plain s/utt':>12} {'ratio':>6}")
+    for method, r in result["estimation"].items():
+        print(f"{method:<7} {r['seconds_per_utterance']:>8} {r['plain_seconds_per_utterance']:>12} {r['ratio']:>6}")
+    print(f"\nfine-tuning step (median of {args.steps}; amp {args.amp})")
+    print(f"{'prior':<7} {'seconds':>8} {'vs plain LoRA':>14}")
+    for variant, r in result["step_seconds"].items():
+        print(f"{variant:<7} {r['median']:>8} {r['ratio']:>13}x")
+    if args.out:
+        from tts_bpeft.io import save_json
+
+        save_json(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
