@@ -151,8 +151,6 @@ def finetune(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
                           extra=lora.get("extra") or [], exclude=lora.get("exclude") or [])
         options = {k: prior_spec[k] for k in ("lam", "curvature", "lam_per_layer", "scaling", "damping", "mix", "mu")
                    if prior_spec.get(k) is not None}
-        if prior_spec["kind"] not in ("none", "l2sp") and not options.get("curvature"):
-            options["curvature"] = str(curvature_file(settings))
         prior = load_prior(model.net, prior_spec["kind"], **options)
         initial, data = prepared["initial_voice"], settings["data"]
         language, seed = data.get("language", "en-us"), int(settings["seed"])
