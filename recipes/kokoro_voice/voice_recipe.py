@@ -176,7 +176,9 @@ def finetune(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         result = finetune_voice(model.net, examples, pack, out_dir, training, objective_of(settings), prior, replay,
                                 config=model.config, export=bool(settings.get("export", True)),
                                 base_model=str(model.settings.get("checkpoint") or f"kokoro ({model.settings})"))
-        return {**result.summary, "initial_voice": initial, "speaker": prepared["speaker"]}
+        summary = {**result.summary, "initial_voice": initial, "speaker": prepared["speaker"]}
+        save_json(summary, out_dir / "summary.json")
+        return summary
 
 
 def speak(settings: Mapping[str, Any], texts: list[str]) -> list[Path]:
