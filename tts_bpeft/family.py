@@ -61,7 +61,7 @@ FAMILIES: dict[str, FamilyEntry] = {
     "styletts2": FamilyEntry("tts_bpeft.styletts2.family:StyleTTS2Family",
                              ("config", "checkpoint", "aux.asr", "aux.pitch", "aux.plbert"),
                              ("tiny", "libritts", "ljspeech")),  # the tiny build, tts_bpeft.styletts2.release
-    "kokoro": FamilyEntry("tts_bpeft.kokoro.family:KokoroFamily"),
+    "kokoro": FamilyEntry("tts_bpeft.kokoro.family:KokoroFamily", ("config", "checkpoint")),
 }
 """Family name -> its entry."""
 
