@@ -32,6 +32,11 @@ class VoiceShift(nn.Module):
         rows = torch.tensor([min(max(n, 1), self.initial.shape[0]) - 1 for n in phoneme_counts])
         return self.initial[rows.to(self.initial.device), 0] + self.delta
 
+    def shifted(self, styles: torch.Tensor, new_voice: torch.Tensor) -> torch.Tensor:
+        """`styles` (B, 256) with ``delta`` added to the rows where `new_voice` (B,) bool is True: a batch's
+        rows of the initial voicepack become the new voice's, other voices' rows stay fixed."""
+        return styles + new_voice.to(styles.device, styles.dtype)[:, None] * self.delta.to(styles.dtype)
+
     def voicepack(self) -> torch.Tensor:
         """The new voicepack, float32 [510, 1, 256], detached on the CPU."""
         return (self.initial + self.delta).detach().cpu().to(torch.float32)
