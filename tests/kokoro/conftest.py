@@ -53,6 +53,28 @@ def small_kmodel(small_config) -> torch.nn.Module:
     return build_kmodel(copy.deepcopy(small_config))
 
 
+def short_durations(model: torch.nn.Module, seed: int = 3) -> torch.nn.Module:
+    """`model` with a duration head that gives every token 1-3 frames (by its input), so that the decoder
+    stays fast; changed in place and returned."""
+    head = model.predictor.duration_proj.linear_layer
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        head.weight.zero_()
+        head.weight[1:3] = torch.randn_like(head.weight[1:3])
+        head.bias.fill_(-20.0)
+        head.bias[0] = 20.0
+        head.bias[1:3] = 0.0
+    return model
+
+
+@pytest.fixture(scope="session")
+def varied_kmodel(small_kmodel, small_config) -> torch.nn.Module:
+    """small_kmodel whose duration head predicts 1-3 frames per token (`short_durations`); do not modify it."""
+    model = build_kmodel(copy.deepcopy(small_config))
+    model.load_state_dict(small_kmodel.state_dict())
+    return short_durations(model)
+
+
 class TinyKokoro(torch.nn.Module):
     """Kokoro's modules at toy sizes, wired as ``KModel.forward_with_tokens`` wires them, with the alignment
     (token -> frame, ``[1, T, F]``) given, so that the graph exports without data-dependent shapes."""

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from tts_bpeft.kokoro.architecture import build_kmodel
 from tts_bpeft.kokoro.targets import (
     FRAME,
     dtw_durations,
@@ -54,22 +53,6 @@ def test_energy_is_styletts2_log_norm_of_the_mel():
 
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
-
-
-@pytest.fixture(scope="module")
-def varied_kmodel(small_kmodel, small_config):
-    """small_kmodel whose duration head predicts 1-3 frames per token (by its input), so the decoder stays fast."""
-    model = build_kmodel(small_config)
-    model.load_state_dict(small_kmodel.state_dict())
-    head = model.predictor.duration_proj.linear_layer
-    with torch.no_grad():
-        torch.manual_seed(3)
-        head.weight.zero_()
-        head.weight[1:3] = torch.randn_like(head.weight[1:3])
-        head.bias.fill_(-20.0)
-        head.bias[0] = 20.0
-        head.bias[1:3] = 0.0
-    return model
 
 
 @pytest.fixture(scope="module")
