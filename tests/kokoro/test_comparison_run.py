@@ -1,7 +1,8 @@
 """The comparison's orchestration (`tts_bpeft.kokoro.comparison.prepare` / `run_comparison`) on a small
 Kokoro-shaped model with random voicepacks and flite recordings as the target: every system trains and is
 measured, lam follows the plain run's penalties, a cached run reloads to the numbers it recorded, and a rerun
-trains nothing."""
+trains nothing. Slow: 17 minutes on the 2 cores at a load of 16 (shared), about a minute or two idle (not
+measured idle)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from tts_bpeft.kokoro.finetune import lora_parameters
 from tts_bpeft.kokoro.voice import VoiceShift
 from tts_bpeft.speech_data.synthetic import Voice, make_recordings
 
-pytestmark = pytest.mark.skipif(shutil.which("flite") is None, reason="flite speaks the target recordings")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("flite") is None, reason="flite speaks the target recordings")]
 
 SETTINGS = ComparisonSettings(train=2, heldout=1, builtin=("a",), builtin_sentences=1, replay_sentences=1,
                               curvature_sentences=1, initial_voice="b", r=2, alpha=4.0, steps=2, crop_frames=4,
