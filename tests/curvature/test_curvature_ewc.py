@@ -156,3 +156,32 @@ def test_ewc_and_reduce_kfac_on_a_flattened_batch_equal_the_batched_layer():
         assert_close(got.term("lin")[key], want.term("lin")[key])
     with pytest.raises(ValueError, match="'lin' saw a leading dimension of 7 but the batch has 4 samples"):
         estimate_curvature(p.model, p.batches, time_major, method="ewc", targets=["lin"], progress=False)
+
+
+def test_float64_model_keeps_float64_statistics():
+    """Two positions with almost equal inputs and opposite outputs' gradients: the per-sample gradient
+    ``g_0 a_0^T + g_1 a_1^T = g_0 (a_0 - a_1)^T`` is ~1e-6 of its terms. Statistics rounded to float32 lose it
+    (~10 % error); a float64 model's EWC and EKFAC statistics must match torch.func's float64 gradients."""
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(3, 2, dtype=torch.float64)
+    x0 = torch.randn(5, 1, 3, generator=g, dtype=torch.float64)
+    x = torch.cat([x0, x0 + 1e-6 * torch.randn(5, 1, 3, generator=g, dtype=torch.float64)], 1)  # (5, 2, 3)
+    model = Holder(lin=lin)
+
+    def loss_fn(m, batch):
+        out = m.lin(batch)
+        return 1e3 * ((out[:, 0] - out[:, 1] + 1e-6) ** 2).sum(-1)
+
+    def loss_one(W, xb):
+        out = F.linear(xb, W, lin.bias)
+        return 1e3 * ((out[:, 0] - out[:, 1] + 1e-6) ** 2).sum()
+
+    diag, grads = per_sample_diag(loss_one, lin.weight.detach(), x)
+    batches = [x[:2], x[2:]]
+    ewc = estimate_curvature(model, batches, loss_fn, method="ewc", targets=["lin"], progress=False)
+    torch.testing.assert_close(ewc.term("lin")["diag"].double(), diag, rtol=1e-6, atol=0)
+    ekfac = estimate_curvature(model, batches, loss_fn, method="ekfac", targets=["lin"], progress=False)
+    term = ekfac.term("lin")
+    Q_A, Q_G = term["A_basis"].double(), term["G_basis"].double()
+    rotated = (Q_G.T @ grads @ Q_A) ** 2  # the stored (float32) bases, rotating float64 per-sample gradients
+    torch.testing.assert_close(term["scales"].double(), rotated.mean(0), rtol=1e-4, atol=1e-6 * rotated.max().item())

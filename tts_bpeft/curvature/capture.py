@@ -36,6 +36,13 @@ from .lstm import unrolled_lstm
 from .options import CurvatureMethod, KfacApprox
 
 
+def statistics_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The precision of a layer's ``a``, ``g`` and per-sample gradients: its weight's, at least float32
+    (bf16/fp16 activations under autocast are promoted; a float64 model keeps float64, since a per-sample
+    gradient ``sum_p g a^T`` can cancel to far below the size of its terms)."""
+    return torch.promote_types(weight_dtype, torch.float32)
+
+
 @dataclass
 class LayerStatistics:
     """Running sums for one weight matrix (out x in_flat)."""
@@ -69,11 +76,13 @@ class CurvatureCapture:
         if method == "ekfac" and (bases is None or set(bases) != set(targets)):
             raise ValueError("ekfac needs the KFAC eigenbases (Q_A, Q_G) of every target")
         self.method, self.kfac_approx = method, kfac_approx
-        # on the device of each target's weight once, not at every layer call
-        self.bases = {n: (Q_A.float().to(targets[n].weight().device), Q_G.float().to(targets[n].weight().device))
+        weights = {n: t.weight() for n, t in targets.items()}
+        self.dtypes = {n: statistics_dtype(w.dtype) for n, w in weights.items()}
+        # on the device and in the statistics' precision of each target's weight once, not at every layer call
+        self.bases = {n: tuple(Q.to(weights[n].device, self.dtypes[n]) for Q in (Q_A, Q_G))
                       for n, (Q_A, Q_G) in (bases or {}).items()}
         self.targets = targets
-        self.stats = {name: LayerStatistics(t.kind, tuple(t.weight().shape)) for name, t in targets.items()}
+        self.stats = {name: LayerStatistics(t.kind, tuple(weights[name].shape)) for name, t in targets.items()}
         self._handles: list[RemovableHandle] = []
         self._lstm_names: dict[nn.Module, dict[str, str]] = {}
         self._own_forward: dict[nn.Module, object] = {}
@@ -137,11 +146,12 @@ class CurvatureCapture:
         """Register the statistics of one layer call: `a` (B, P, in_flat) now, g when it arrives."""
         if not (torch.is_grad_enabled() and output.requires_grad):
             return
-        a = a.detach().float()
+        dtype = self.dtypes[name]
+        a = a.detach().to(dtype)
         first = [True]  # the inputs are counted once per call, however many backward passes (MC draws)
 
         def on_gradient(grad: Tensor) -> None:
-            self._accumulate(name, a, to_normal(grad.detach()).float(), first[0])
+            self._accumulate(name, a, to_normal(grad.detach()).to(dtype), first[0])
             first[0] = False
         output.register_hook(on_gradient)
 

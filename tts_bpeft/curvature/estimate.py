@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..lora.inject import plan_lora
 from ..lora.targets import LoraTarget, as_module, lora_targets, weight_entries
-from .capture import CurvatureCapture, LayerStatistics
+from .capture import CurvatureCapture, LayerStatistics, statistics_dtype
 from .likelihoods import Likelihood
 from .options import CurvatureMethod, Fisher, KfacApprox, ModelMode
 from .storage import Curvature, KroneckerFactors, LayerCurvature, fingerprint, layer_fingerprint
@@ -172,7 +172,8 @@ def estimate_curvature(
         kfac = estimate_curvature(model, batches, loss_fn, method="kfac", fisher=fisher, kfac_approx=kfac_approx,
                                   targets=chosen, mc_samples=mc_samples, adapter_name=adapter_name, mode=mode,
                                   seed=seed, description=description, distributed=distributed, progress=progress)
-        bases = {n: kfac_eigenbasis(kfac.kronecker_factors(n)) for n in chosen}
+        bases = {n: kfac_eigenbasis(kfac.kronecker_factors(n), statistics_dtype(t.weight().dtype))
+                 for n, t in chosen.items()}
     capture = CurvatureCapture(chosen, method, kfac_approx, bases)
     samples = _measure(model, root, chosen, batches, loss_fn, capture, fisher, draws, mode, seed, progress,
                        distributed)
@@ -182,9 +183,11 @@ def estimate_curvature(
                      fingerprint(chosen), description)
 
 
-def kfac_eigenbasis(factors: KroneckerFactors) -> tuple[Tensor, Tensor]:
-    """The eigenvectors ``(Q_A, Q_G)`` (columns, float32) of the input and the gradient covariance."""
-    return tuple(torch.linalg.eigh(f.double()).eigenvectors.float().contiguous() for f in factors)
+def kfac_eigenbasis(factors: KroneckerFactors, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """The eigenvectors ``(Q_A, Q_G)`` (columns) of the input and the gradient covariance, computed in float64
+    and kept in `dtype` (the statistics' precision: a float64 model needs float64 bases, as rounded bases leak
+    the large per-position terms of a cancelling per-sample gradient into its small rotated entries)."""
+    return tuple(torch.linalg.eigh(f.double()).eigenvectors.to(dtype).contiguous() for f in factors)
 
 
 def _measure(model, root: nn.Module, chosen: Mapping[str, LoraTarget], batches: Iterable[Any], loss_fn,
@@ -239,7 +242,7 @@ def _finish(capture: CurvatureCapture, draws_total: int, targets: Mapping[str, L
             term = {"diag": (s.diag_sum / draws_total).float()}
         else:
             Q_A, Q_G = bases[name]
-            term = {"A_basis": Q_A, "G_basis": Q_G, "scales": (s.diag_sum / draws_total).float()}
+            term = {"A_basis": Q_A.float(), "G_basis": Q_G.float(), "scales": (s.diag_sum / draws_total).float()}
             tokens = kfac.layers[name].tokens[0]
         layers[name] = LayerCurvature(s.kind, s.shape, [term], [tokens], layer_fingerprint(targets[name]))
     return layers
