@@ -314,7 +314,7 @@ def run_one(settings: ComparisonSettings, materials: Materials, out_dir: str | P
     if system == REPLAY:
         replay = Replay(materials.replay, strength)
     training = VoiceTraining(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-                             style_lr=settings.style_lr, seed=seed, checkpoint_every=max(settings.steps, 1),
+                             style_lr=settings.style_lr, seed=seed, checkpoint_every=min(settings.steps, 10),
                              progress=progress)
     objective = objective_of(settings)
     initial = torch.load(materials.packs[settings.initial_voice], weights_only=True)
