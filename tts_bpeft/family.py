@@ -58,7 +58,7 @@ class FamilyEntry:
 FAMILIES: dict[str, FamilyEntry] = {
     "styletts2": FamilyEntry("tts_bpeft.styletts2.family:StyleTTS2Family",
                              ("config", "checkpoint", "aux.asr", "aux.pitch", "aux.plbert")),
-    "kokoro": FamilyEntry("tts_bpeft.kokoro.family:KokoroFamily"),
+    "kokoro": FamilyEntry("tts_bpeft.kokoro.family:KokoroFamily", ("config", "checkpoint")),
 }
 """Family name -> its entry."""
 

@@ -12,6 +12,12 @@ Model settings (``TTSModel.settings``, a recipe's ``model:`` group):
 Optional ``"voicepacks": {name: <.pt or .npy file>}`` adds voices to the built-in ones (the offline package's
 five; the hub's ``voices/<name>.pt`` are fetched by name when the source is ``hub``).
 
+Fine-tuning a new voice (:meth:`KokoroFamily.training_batches`, :meth:`KokoroFamily.training_loss`; the
+full entry with replay and outputs is `tts_bpeft.kokoro.finetune.finetune_voice`): ``"initial_voice"`` in
+the settings names the built-in voice the new one starts from; when it is unset, ``training_batches``
+chooses the nearest (`tts_bpeft.kokoro.examples.nearest_voice`) and writes its name there.
+``"targets_cache"`` is where recordings' targets are cached (default: the user cache folder).
+
 Inference settings (:meth:`KokoroFamily.synthesizer`): ``{"speed": 1.0, "language": "en-us"}``.
 """
 
@@ -20,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +43,14 @@ from tts_bpeft.kokoro.curvature import (
     own_output_loss_fn,
     own_output_utterances,
 )
-from tts_bpeft.kokoro.predict import KokoroBatch
+from tts_bpeft.kokoro.examples import nearest_voice, recording_examples
+from tts_bpeft.kokoro.finetune import VoiceBatches, VoiceStepLoss
+from tts_bpeft.kokoro.predict import KokoroBatch, collate
 from tts_bpeft.kokoro.presets import DESCRIPTIONS, add_preset_lora, preset_plan
 from tts_bpeft.kokoro.synthesis import synthesize
+from tts_bpeft.kokoro.voice import VoiceShift
+from tts_bpeft.kokoro.voice_loss import TERMS as VOICE_TERMS
+from tts_bpeft.kokoro.voice_loss import VoiceObjective, voice_loss_fn
 from tts_bpeft.kokoro.voices import load_voicepack
 from tts_bpeft.lora import merged_state_dict
 from tts_bpeft.speech_data.records import Utterance
@@ -103,6 +114,27 @@ class KokoroSpeech:
                           progress=False)[0]
 
 
+def _crop(options: DataOptions | None) -> dict[str, int]:
+    """``crop_frames`` from ``options.max_frames`` (mel frames of 12.5 ms; aligned frames are 25 ms), if set."""
+    max_frames = (options or DataOptions()).max_frames
+    return {} if max_frames is None else {"crop_frames": max(2, int(max_frames) // 2)}
+
+
+def _objective(terms: Sequence[str] | None, options: DataOptions | None,
+               weights: Mapping[str, float] | None = None) -> VoiceObjective:
+    """The voice objective of `terms` (None: all) and `weights` (None: StyleTTS 2's), crops from `options`."""
+    return VoiceObjective(terms=tuple(terms or VOICE_TERMS), weights=dict(weights or {}), **_crop(options))
+
+
+def _targets_cache(model: TTSModel) -> Path:
+    """Where recordings' targets are cached: ``settings["targets_cache"]``, else the user cache folder."""
+    if model.settings.get("targets_cache"):
+        return Path(model.settings["targets_cache"])
+    from tts_bpeft.kokoro.offline import cache_dir
+
+    return cache_dir() / "kokoro_voice_targets"
+
+
 def _voicepack(settings: Mapping[str, Any], name: str) -> torch.Tensor:
     extra = dict(settings.get("voicepacks") or {})
     if name in extra:
@@ -150,25 +182,78 @@ class KokoroFamily:
 
     def curvature_batches(self, model: TTSModel, utterances: Sequence[Utterance], batch_size: int = 1,
                           seed: int = 0, options: DataOptions | None = None) -> list[KokoroBatch]:
-        """Kokoro's training data is not public, so the Fisher is measured on the model's own outputs:
+        """Kokoro's training data is not public. For the Monte-Carlo Fisher on the model's own outputs,
         ``utterances`` are sentences (``text``, or ``phonemes``) whose ``speaker`` names a voice of
-        :meth:`voices`; no audio is read (`tts_bpeft.kokoro.curvature`). Batches keep the given order (each
-        utterance's draws come from its own key, so order and grouping do not change the estimate)."""
-        packs = {name: _voicepack(model.settings, name) for name in sorted({u.speaker for u in utterances})}
-        return own_output_batches(own_output_utterances(model.net.vocab, packs, utterances), batch_size, seed)
+        :meth:`voices`; no audio is read (`tts_bpeft.kokoro.curvature`). For the empirical Fisher on
+        recordings (proxies of the training data, e.g. other local voices), ``utterances`` have a ``path``;
+        each speaker is given its nearest built-in voice (`tts_bpeft.kokoro.examples.nearest_voice`) as
+        style and alignment reference. Batches keep the given order (each utterance's draws come from its
+        own key, so order and grouping do not change the estimate)."""
+        recorded = [u for u in utterances if u.path]
+        if not recorded:
+            packs = {name: _voicepack(model.settings, name) for name in sorted({u.speaker for u in utterances})}
+            return own_output_batches(own_output_utterances(model.net.vocab, packs, utterances), batch_size, seed)
+        if len(recorded) != len(utterances):
+            raise ValueError("curvature utterances are all recordings (with a path: empirical Fisher) or all "
+                             "sentences for built-in voices (no path: Monte-Carlo Fisher), not a mix")
+        packs = {name: _voicepack(model.settings, name) for name in self.voices(model)}
+        cache, objective = _targets_cache(model), _objective(None, options)
+        examples = {}
+        for speaker in sorted({u.speaker for u in utterances}):
+            own = [u for u in utterances if u.speaker == speaker]
+            voice, _ = nearest_voice(model.net, packs, own, cache, objective, seed=seed, progress=False)
+            for u, example in zip(own, recording_examples(model.net, own, packs[voice], voice, cache, seed=seed,
+                                                          progress=False), strict=True):
+                examples[id(u)] = replace(example, new_voice=False)  # the style stays the built-in voice's
+        ordered = [examples[id(u)] for u in utterances]
+        return [collate(ordered[i:i + batch_size], seed) for i in range(0, len(ordered), batch_size)]
 
     def per_sample_loss(self, model: TTSModel, fisher: str = "mc", terms: Sequence[str] | None = None,
                         seed: int = 0, options: DataOptions | None = None) -> PerSampleLoss:
-        """The likelihoods of Kokoro's own outputs (``terms`` among duration, f0, energy, mel; default all)
-        for the Monte-Carlo Fisher. ``options.max_frames`` (mel frames of 12.5 ms) bounds the decoded crop
-        (Kokoro's aligned frames are 25 ms: half as many). The empirical Fisher is refused: its targets
-        would be the predictions themselves, and its gradients zero."""
+        """``fisher="mc"``: the likelihoods of Kokoro's own outputs (``terms`` among duration, f0, energy,
+        mel; default all) for the Monte-Carlo Fisher. ``fisher="empirical"``: the fine-tuning objective per
+        recording (`tts_bpeft.kokoro.voice_loss`; ``terms`` among its terms, default all) on the batches of
+        recordings :meth:`curvature_batches` makes. ``options.max_frames`` (mel frames of 12.5 ms) bounds
+        the decoded crop (Kokoro's aligned frames are 25 ms: half as many)."""
+        if fisher == "empirical":
+            return voice_loss_fn(_objective(terms, options))
         if fisher != "mc":
-            raise ValueError(f"fisher={fisher!r}: Kokoro's curvature is the Monte-Carlo Fisher of its own outputs "
-                             "(fisher='mc'); with the predictions as targets the empirical Fisher is zero")
-        max_frames = (options or DataOptions()).max_frames
-        crop = {} if max_frames is None else {"crop_frames": max(2, int(max_frames) // 2)}
-        return own_output_loss_fn(OwnOutputLikelihood(terms=tuple(terms or TERMS), **crop))
+            raise ValueError(f"fisher={fisher!r}: Kokoro's curvature is 'mc' (own outputs) or 'empirical' "
+                             "(recordings)")
+        return own_output_loss_fn(OwnOutputLikelihood(terms=tuple(terms or TERMS), **_crop(options)))
+
+    def training_batches(self, model: TTSModel, utterances: Sequence[Utterance], batch_size: int, seed: int = 0,
+                         rank: int = 0, world: int = 1, options: DataOptions | None = None) -> VoiceBatches:
+        """The new speaker's recordings (checked, `tts_bpeft.speech_data.recordings`) as
+        `tts_bpeft.kokoro.finetune.VoiceBatches`, their styles rows of the initial voice (module docstring:
+        ``initial_voice``, chosen and written into the settings when unset). One process only."""
+        if world != 1:
+            raise ValueError(f"Kokoro voice fine-tuning runs in one process; got world={world}")
+        objective = _objective(None, options)
+        cache = _targets_cache(model)
+        if not model.settings.get("initial_voice"):
+            packs = {name: _voicepack(model.settings, name) for name in self.voices(model)}
+            model.settings["initial_voice"], _ = nearest_voice(model.net, packs, utterances, cache, objective,
+                                                               seed=seed, progress=False)
+        name = model.settings["initial_voice"]
+        examples = recording_examples(model.net, utterances, _voicepack(model.settings, name), name, cache, seed=seed)
+        return VoiceBatches(examples, batch_size, seed, crop_frames=objective.crop_frames)
+
+    def training_loss(self, model: TTSModel, terms: Sequence[str] | None = None,
+                      weights: Mapping[str, float] | None = None, seed: int = 0,
+                      options: DataOptions | None = None, amp: bool = False) -> VoiceStepLoss:
+        """`tts_bpeft.kokoro.finetune.VoiceStepLoss` of the voice objective (``terms`` and ``weights`` of
+        `tts_bpeft.kokoro.voice_loss`; None: all, StyleTTS 2's weights) with a new `VoiceShift` of the
+        settings' ``initial_voice`` (call :meth:`training_batches` first, or set it). Its ``voice.delta``
+        is trained with the LoRA factors: add ``step_loss.trainable`` to the optimizer. ``amp`` is not
+        supported (Kokoro's iSTFT runs in float32)."""
+        if amp:
+            raise ValueError("amp: Kokoro voice fine-tuning runs in float32")
+        name = model.settings.get("initial_voice")
+        if not name:
+            raise ValueError("no initial voice: set model.settings['initial_voice'] or call training_batches first")
+        voice = VoiceShift(_voicepack(model.settings, name), name).to(next(model.net.parameters()).device)
+        return VoiceStepLoss(model.net, voice, _objective(terms, options, weights))
 
     def synthesizer(self, model: TTSModel, settings: Mapping[str, Any] | None = None,
                     device: str | torch.device = "cpu", seed: int = 0,
@@ -182,6 +267,10 @@ class KokoroFamily:
             raise ValueError(f"unknown Kokoro inference settings {sorted(unknown)}; known: speed, language")
         model.net.to(device).eval()
         return KokoroSpeech(model, float(options["speed"]), str(options["language"]))
+
+    def voicepack(self, model: TTSModel, name: str) -> torch.Tensor:
+        """The ``[510, 1, 256]`` voicepack of voice `name` (:meth:`voices`, or a file of the settings)."""
+        return _voicepack(model.settings, name)
 
     def voices(self, model: TTSModel) -> tuple[str, ...]:
         """The offline package's voices (when installed) and the settings' extra voicepacks."""

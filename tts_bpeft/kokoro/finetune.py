@@ -152,6 +152,11 @@ class VoiceStepLoss:
     def __init__(self, model: nn.Module, voice: VoiceShift, objective: VoiceObjective) -> None:
         self.model, self.voice, self.objective = model, voice, objective
 
+    @property
+    def trainable(self) -> dict[str, Tensor]:
+        """What the step trains besides the model's LoRA factors: the voice shift, by name."""
+        return {"voice.delta": self.voice.delta}
+
     def __call__(self, batch: KokoroBatch) -> tuple[Tensor, dict[str, float]]:
         self.model.train()
         batch = replace(batch, styles=self.voice.shifted(batch.styles.to(self.voice.delta.device), batch.new_voice))
@@ -210,7 +215,8 @@ def finetune_voice(model: nn.Module, examples: Sequence[KokoroUtterance], initia
     lora = lora_parameters(model)
     for p in lora.values():
         p.requires_grad_(True)
-    trainable = {**lora, "voice.delta": voice.delta}
+    step_loss = VoiceStepLoss(model, voice, objective)
+    trainable = {**lora, **step_loss.trainable}
     groups = [{"params": list(lora.values()), "lr": settings.lr, "weight_decay": settings.weight_decay},
               {"params": [voice.delta], "lr": settings.style_lr, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=settings.betas, eps=settings.eps)
@@ -221,7 +227,7 @@ def finetune_voice(model: nn.Module, examples: Sequence[KokoroUtterance], initia
                                    max_grad_norm=settings.max_grad_norm, checkpoint_every=settings.checkpoint_every,
                                    progress=settings.progress)
     torch.manual_seed(settings.seed)  # dropout's draws; checkpointed with the RNG state, so resuming is exact
-    result = train(trainable, optimizer, batches, VoiceStepLoss(model, voice, objective), out_dir, train_settings,
+    result = train(trainable, optimizer, batches, step_loss, out_dir, train_settings,
                    penalty=(lambda: prior.penalty(model)) if prior is not None else None, resume=resume)
     model.eval()
     voicepack = voice.save(out_dir / VOICEPACK)
