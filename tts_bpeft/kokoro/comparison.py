@@ -47,20 +47,19 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
-from tts_bpeft.curvature import estimate_curvature
 from tts_bpeft.eval.asr import AsrBackend
 from tts_bpeft.eval.forgetting import ORIGINAL, ForgettingPlan, Line, measure_forgetting
 from tts_bpeft.eval.speaker import SpeakerEncoder
-from tts_bpeft.family import TTSModel
+from tts_bpeft.family import DataOptions, TTSModel, estimate_pretraining_curvature
 from tts_bpeft.io import atomic_write, save_json, save_safetensors, write_text
 from tts_bpeft.kokoro.curvature import OwnOutputLikelihood, estimate_kokoro_curvature, own_output_utterances
 from tts_bpeft.kokoro.examples import mean_objective, recording_examples, replay_examples
 from tts_bpeft.kokoro.family import KokoroFamily
 from tts_bpeft.kokoro.finetune import Replay, VoiceTraining, finetune_voice
-from tts_bpeft.kokoro.predict import KokoroUtterance, collate
+from tts_bpeft.kokoro.predict import KokoroUtterance
 from tts_bpeft.kokoro.presets import add_preset_lora
 from tts_bpeft.kokoro.targets import Targets
-from tts_bpeft.kokoro.voice_loss import VoiceObjective, voice_loss_fn
+from tts_bpeft.kokoro.voice_loss import VoiceObjective
 from tts_bpeft.prior import load_prior
 from tts_bpeft.runs import settings_hash
 from tts_bpeft.selection import Trial, front_value, pick
@@ -268,14 +267,15 @@ def _curvature(settings: ComparisonSettings, out_dir: Path, base: nn.Module, voi
     else:
         if not proxies:
             raise ValueError("fisher='empirical' needs proxy recordings (other speakers' folders)")
-        examples = []
-        for name, folder in sorted(proxies.items()):
-            found = read_recordings(folder).utterances[:settings.proxy_sentences]
-            examples += recording_examples(model, found, voicepacks[settings.initial_voice], settings.initial_voice,
-                                           out_dir / "targets" / f"proxy-{name}", progress=progress)
-        estimate = estimate_curvature(model, [collate([e], 0) for e in examples], voice_loss_fn(objective_of(settings)),
-                                      method=method, fisher="empirical", mode="eval", progress=progress,
-                                      description=f"Kokoro empirical Fisher on {len(examples)} proxy recordings")
+        recordings = [u for _, folder in sorted(proxies.items())
+                      for u in read_recordings(folder).utterances[:settings.proxy_sentences]]
+        settings_of_model = {"source": "offline", "targets_cache": str(out_dir / "targets" / "proxies"),
+                             "voicepacks": {n: str(out_dir / "voices" / f"{n}.pt") for n in voicepacks}}
+        tts = TTSModel(family="kokoro", net=model, settings=settings_of_model)
+        estimate = estimate_pretraining_curvature(  # each proxy speaker aligned to its nearest built-in voice
+            KokoroFamily(), tts, recordings, method, fisher="empirical",
+            options=DataOptions(max_frames=2 * settings.crop_frames), progress=progress,
+            description=f"Kokoro empirical Fisher on {len(recordings)} proxy recordings")
     return estimate.save(path)
 
 
