@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-e2e test-slow lint install system-deps clean
+.PHONY: demo demo-styletts2 test test-e2e test-slow lint install system-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
@@ -25,7 +25,12 @@ system-deps:
 			espeak-ng flite festival festvox-kallpc16k libsndfile1 >/dev/null; \
 	fi
 
+# The default demo: a new voice for Kokoro-82M (offline weights), six fine-tuning systems, forgetting on real speech.
 demo: $(STAMP)
+	$(PY) recipes/kokoro_demo/demo.py
+
+# The StyleTTS 2 toy pipeline (pre-trains the smallest StyleTTS 2 for minutes; its audio is not speech).
+demo-styletts2: $(STAMP)
 	$(PY) recipes/styletts2_demo/demo.py
 
 test: $(STAMP)

@@ -63,7 +63,7 @@ from transformers import OPTForCausalLM
 from tts_bpeft import LaplacePrior, add_lora, estimate_curvature
 from tts_bpeft.curvature import Curvature
 from tts_bpeft.io import save_json
-from tts_bpeft.selection import Trial, pick
+from tts_bpeft.selection import Trial, front_value, pick
 from tts_bpeft.text import (
     clm_likelihood,
     clm_loss,
@@ -388,19 +388,6 @@ def run_all(args) -> dict:
 
 
 # -- analysis -----------------------------------------------------------------------------------------
-def front(path: list[tuple[float, float]], budget: float) -> float:
-    """The lowest forgetting on a piecewise-linear path of (news ratio, wiki ppl) points (ordered by lam,
-    starting at plain LoRA's (1, wiki)) whose news ratio is <= budget."""
-    best = math.inf
-    for (x0, y0), (x1, y1) in zip(path, path[1:] + [path[-1]]):
-        for x, y in ((x0, y0), (x1, y1)):
-            if x <= budget:
-                best = min(best, y)
-        if (x0 - budget) * (x1 - budget) < 0:  # the segment crosses the budget
-            best = min(best, y0 + (y1 - y0) * (budget - x0) / (x1 - x0))
-    return best
-
-
 def _mean_sd(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -446,8 +433,8 @@ def path_of(rows: list[dict], system: str, base: dict, split: str, lams: set[flo
 def seed_front(rows: list[dict], system: str, base: dict, budget: float, lams: set[float] | None = None) -> float:
     """The test front of one seed at one budget. A family's member is the one whose *validation* front is the
     lowest at that budget; its test front is reported."""
-    member = min(members(system), key=lambda m: front(path_of(rows, m, base, "val", lams), budget))
-    return front(path_of(rows, member, base, "test", lams), budget)
+    member = min(members(system), key=lambda m: front_value(path_of(rows, m, base, "val", lams), budget))
+    return front_value(path_of(rows, member, base, "test", lams), budget)
 
 
 ORIGINAL = "0:original"  # the world of results files written before worlds were recorded

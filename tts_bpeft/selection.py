@@ -71,6 +71,20 @@ def equal_cost_lam(model: nn.Module | Mapping[str, nn.Module], kind: str, curvat
     return cost / quadratic
 
 
+def front_value(path: Sequence[tuple[float, float]], budget: float) -> float:
+    """The lowest forgetting metric on a piecewise-linear path of ``(finetune, forgetting)`` points (ordered by
+    strength, from plain LoRA on) whose fine-tuning metric is <= `budget`: at the points, and where a segment
+    crosses the budget, linearly interpolated (inf when no point of the path is within budget)."""
+    best = math.inf
+    for (x0, y0), (x1, y1) in zip(path, [*path[1:], path[-1]]):
+        for x, y in ((x0, y0), (x1, y1)):
+            if x <= budget:
+                best = min(best, y)
+        if (x0 - budget) * (x1 - budget) < 0:  # the segment crosses the budget
+            best = min(best, y0 + (y1 - y0) * (budget - x0) / (x1 - x0))
+    return best
+
+
 @dataclass
 class StrengthSelection:
     """The outcome of `select_strength`: the chosen trial, plain LoRA, and every trial run."""

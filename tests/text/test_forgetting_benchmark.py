@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from forgetting_opt import budget_ranges, default_ratio, extensions, front, seed_front, spread  # noqa: E402
+from forgetting_opt import budget_ranges, default_ratio, extensions, seed_front, spread  # noqa: E402
+
+from tts_bpeft.selection import front_value as front  # noqa: E402
 
 # (news ratio, wiki ppl) ordered by lam, starting at plain LoRA
 PATH = [(1.0, 120.0), (1.02, 114.0), (1.10, 110.0), (1.30, 105.0)]

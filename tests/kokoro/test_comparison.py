@@ -1,0 +1,81 @@
+"""The Kokoro comparison's bookkeeping (`tts_bpeft.kokoro.comparison`): settings checks, which runs are shared,
+and equal-target-quality analysis, table and plot on results made by hand and checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tts_bpeft.kokoro.comparison import (
+    PLAIN,
+    ComparisonSettings,
+    analyse,
+    lines,
+    markdown,
+    plot,
+    run_folder,
+)
+from tts_bpeft.selection import front_value
+
+
+def test_front_value_interpolates_where_the_path_crosses_the_budget():
+    path = [(1.0, 0.30), (1.1, 0.10), (1.3, 0.02)]
+    assert front_value(path, 1.0) == pytest.approx(0.30)
+    assert front_value(path, 1.05) == pytest.approx(0.20)  # halfway along the first segment
+    assert front_value(path, 1.2) == pytest.approx(0.06)
+    assert front_value(path, 2.0) == pytest.approx(0.02)
+    assert front_value(path, 0.9) == math.inf
+
+
+def test_settings_refuse_what_cannot_run():
+    with pytest.raises(ValueError, match="systems"):
+        ComparisonSettings(systems=("kfac",))
+    with pytest.raises(ValueError, match="fisher"):
+        ComparisonSettings(fisher="exact")
+    with pytest.raises(ValueError, match="target sentences"):
+        ComparisonSettings(train=190, heldout=20)
+    targets, builtin = lines("target", 3), lines("builtin", 3)
+    assert not {t.text for t in targets} & {b.text for b in builtin}
+
+
+def test_runs_that_do_not_use_the_fisher_are_shared_between_fishers(tmp_path):
+    free, empirical = ComparisonSettings(), ComparisonSettings(fisher="empirical")
+    for system in (PLAIN, "l2sp", "replay"):
+        assert run_folder(tmp_path, free, system, 1.0, 0) == run_folder(tmp_path, empirical, system, 1.0, 0)
+    for system in ("ewc", "kfac", "kfac-damped"):
+        assert run_folder(tmp_path, free, system, 1.0, 0) != run_folder(tmp_path, empirical, system, 1.0, 0)
+    assert run_folder(tmp_path, free, "kfac", 1.0, 0) != run_folder(tmp_path, free, "kfac", 1.0, 1)
+    assert run_folder(tmp_path, free, "kfac", 1.0, 0) != run_folder(tmp_path, ComparisonSettings(steps=17), "kfac",
+                                                                     1.0, 0)
+
+
+def _run(system, strength, seed, objective, sim):
+    return {"system": system, "strength": strength, "seed": seed, "lam": strength * 10, "heldout_objective": objective,
+            "builtin_SIM": sim, "builtin_WER": 0.1, "target_SIM": 0.7, "target_WER": 0.2,
+            "folder": f"/runs/{system}-{strength}-{seed}"}
+
+
+def test_systems_are_compared_at_equal_target_quality(tmp_path):
+    results = {
+        "settings": {"seeds": [0, 1]},
+        "original": {"run": "original", "heldout_objective": 12.0, "builtin_SIM": 1.0, "builtin_WER": 0.1,
+                     "target_SIM": 0.5, "target_WER": 0.2},
+        "runs": [_run(PLAIN, 0.0, 0, 10.0, 0.80), _run(PLAIN, 0.0, 1, 10.0, 0.84),
+                 _run("kfac", 0.1, 0, 10.2, 0.90), _run("kfac", 1.0, 0, 11.0, 0.98),
+                 _run("kfac", 0.1, 1, 10.8, 0.94), _run("kfac", 1.0, 1, 12.0, 0.99)],
+    }
+    rows = {r["system"]: r for r in analyse(results, tolerance=0.05)}
+    # budget 10.5. seed 0: past 0.1 (10.2, 0.90) towards 1.0 (11.0, 0.98): 0.90 + 0.08 * 0.3 / 0.8 = 0.93.
+    # seed 1: from plain (10.0, 0.84) towards 0.1 (10.8, 0.94): 0.84 + 0.10 * 0.5 / 0.8 = 0.9025.
+    front = rows["kfac"]["builtin_SIM_at_budget"]
+    assert front["mean"] == pytest.approx((0.93 + 0.9025) / 2)
+    assert front["sd"] == pytest.approx(abs(0.93 - 0.9025) / math.sqrt(2))
+    assert rows["kfac"]["selected_strength"] == [0.1, 0.0]  # seed 1: no strength within budget, plain LoRA
+    assert rows["kfac"]["builtin_SIM"]["mean"] == pytest.approx((0.90 + 0.84) / 2)
+    assert rows[PLAIN]["builtin_SIM_at_budget"]["mean"] == pytest.approx(0.82)
+    table = markdown(results, list(rows.values()), 0.05)
+    assert "| kfac | 0.916 ± 0.019 | 0.1, 0 |" in table
+    assert table.count("\n| kfac |") == 5  # the comparison row and the four runs
+    png = plot(results, tmp_path / "tradeoff.png", 0.05)
+    assert png.read_bytes()[:4] == b"\x89PNG"
