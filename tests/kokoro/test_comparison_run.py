@@ -28,7 +28,8 @@ from tts_bpeft.kokoro.comparison import (
 from tts_bpeft.kokoro.examples import mean_objective
 from tts_bpeft.kokoro.finetune import lora_parameters
 from tts_bpeft.kokoro.voice import VoiceShift
-from tts_bpeft.speech_data.synthetic import Voice, make_recordings
+from tts_bpeft.speech_data.synthesizers import SynthesizerVoice
+from tts_bpeft.speech_data.synthetic import make_recordings
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("flite") is None, reason="flite speaks the target recordings")]
@@ -45,7 +46,7 @@ def setup(small_config, tmp_path_factory):
     g = torch.Generator().manual_seed(11)
     packs = {"a": 0.3 * torch.randn(510, 1, 256, generator=g), "b": 0.3 * torch.randn(510, 1, 256, generator=g)}
     root = tmp_path_factory.mktemp("comparison")
-    recordings = make_recordings(root / "target", Voice("flite", "awb", "M"), 3, 0, 24000).root
+    recordings = make_recordings(root / "target", SynthesizerVoice("flite", "awb", "M"), 3, 0, 24000).root
     materials = prepare(SETTINGS, root / "out", base, packs, recordings, progress=False)
     encoder = ResemblyzerEncoder()
     results = run_comparison(SETTINGS, materials, root / "out", encoder, None, progress=False, log=lambda _: None)

@@ -31,7 +31,7 @@ def _demo(out: Path) -> subprocess.CompletedProcess:
 def test_demo_compares_every_system_then_reuses_its_caches(tmp_path):
     try:
         from tts_bpeft.kokoro.offline import offline_config
-        from tts_bpeft.speech_data.synthetic import piper_voice
+        from tts_bpeft.speech_data.synthesizers import piper_voice
 
         offline_config(), piper_voice()
     except (FileNotFoundError, RuntimeError) as err:

@@ -23,7 +23,8 @@ from tts_bpeft.kokoro.synthesis import synthesize
 from tts_bpeft.kokoro.voice_loss import VoiceObjective
 from tts_bpeft.kokoro.voices import load_voicepack
 from tts_bpeft.speech_data.recordings import read_recordings
-from tts_bpeft.speech_data.synthetic import make_recordings, piper_voice
+from tts_bpeft.speech_data.synthesizers import piper_voice
+from tts_bpeft.speech_data.synthetic import make_recordings
 
 pytestmark = pytest.mark.slow
 INITIAL = "jm_kumo"  # the one male built-in voice offline (joe is male); the recipe can choose by objective

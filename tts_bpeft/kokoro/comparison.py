@@ -66,7 +66,8 @@ from tts_bpeft.selection import Trial, front_value, pick
 from tts_bpeft.speech_data.recordings import read_recordings
 from tts_bpeft.speech_data.records import Utterance
 from tts_bpeft.speech_data.sentences import sentence
-from tts_bpeft.speech_data.synthetic import available_voices, make_recordings, piper_voice
+from tts_bpeft.speech_data.synthesizers import available_voices, piper_voice
+from tts_bpeft.speech_data.synthetic import make_recordings
 
 PLAIN, REPLAY = "lora", "replay"
 PRIORS = {"l2sp": ("l2sp", False), "ewc": ("ewc", False), "kfac": ("kfac", False), "kfac-damped": ("kfac", True)}

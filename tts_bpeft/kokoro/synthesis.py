@@ -27,7 +27,7 @@ from tts_bpeft.kokoro.voices import check_voicepack, style_row
 
 
 @dataclass
-class Utterance:
+class SynthesizedSentence:
     """One synthesized sentence: its phonemes, predicted durations (aligned frames of 25 ms per token,
     boundary tokens included) and wave (float32, 24 kHz, mono, in [-1, 1] roughly)."""
 
@@ -57,14 +57,14 @@ def phoneme_chunks(phonemes: str, limit: int = MAX_PHONEMES) -> list[str]:
 
 
 def synthesize_phonemes(model: torch.nn.Module, phonemes: str, voicepack: torch.Tensor, speed: float = 1.0,
-                        seed: int = 0, text: str | None = None) -> Utterance:
+                        seed: int = 0, text: str | None = None) -> SynthesizedSentence:
     """One utterance of at most 510 phonemes (Kokoro's alphabet). `speed` > 1 speaks faster."""
     ids = torch.tensor([token_ids(phonemes, model.vocab, text)], dtype=torch.long, device=model.device)
     style = style_row(voicepack, len(phonemes)).to(model.device)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         audio, durations = model.forward_with_tokens(ids, style, speed)
-    return Utterance(text=text if text is not None else phonemes, phonemes=phonemes,
+    return SynthesizedSentence(text=text if text is not None else phonemes, phonemes=phonemes,
                      durations=durations.reshape(-1).cpu().numpy(), wave=audio.reshape(-1).cpu().numpy())
 
 
