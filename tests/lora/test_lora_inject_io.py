@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import re
@@ -22,6 +23,7 @@ from tts_bpeft.lora import (
     LoraConvTranspose1d,
     LoraLSTM,
     add_lora,
+    deepcopy_model,
     load_adapter,
     lora_targets,
     merged_state_dict,
@@ -359,3 +361,16 @@ def test_docs_examples_run():
         expected = _printed_comments(block)
         assert expected
         assert re.sub(r"\s", "", stdout.getvalue()) == re.sub(r"\s", "", expected)
+
+
+def test_a_model_with_weight_norm_is_copied_after_a_forward_with_gradients():
+    model = Predictor()
+    x = torch.randn(2, 5, 6)
+    model(x).sum().backward()  # leaves a non-leaf ``weight`` on each weight-normed layer
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(model)
+    twin = deepcopy_model(model)
+    torch.testing.assert_close(twin(x), model(x), rtol=0, atol=0)
+    with torch.no_grad():
+        twin.conv.weight_g.mul_(2.0)
+    assert not torch.equal(twin(x), model(x))  # the copy has its own parameters

@@ -19,7 +19,10 @@ loss masks out has exactly zero gradient and is not counted):
 - EKFAC: as EWC, in the eigenbasis ``(Q_A, Q_G)`` of given KFAC factors: ``a`` and ``g`` are rotated first
   (``a Q_A``, ``g Q_G``), so ``grad_n`` becomes ``Q_G^T grad_n Q_A`` and ``diag_sum`` its second moments.
 
-Sums are kept in float64; `tts_bpeft.curvature.estimate` turns them into means. Every product is taken in
+Sums are kept in float64 and updated in place; `tts_bpeft.curvature.estimate` turns them into means. A Gram
+matrix ``x^T x`` of few rows (at most `FEW_ROWS`: a style vector's row per sample, a reduced position) is added
+by one float64 ``addmm_`` (one pass over the sum, no temporary); of many rows (every frame of a convolution) it is
+multiplied in the statistics' precision and then added in place. Every product is taken in
 `statistics_dtype` (at least float32) with autocast switched off, whatever autocast the model runs under (bf16
 inputs and gradients are cast up first), and nothing is read back to the host while accumulating: token counts stay
 tensors on the layer's device until `LayerStatistics.token_count`, and inactive positions are masked, not removed.
@@ -37,6 +40,12 @@ from ..layers import conv1d_patches, conv_transpose1d_patches
 from ..lora.targets import LoraTarget
 from .lstm import unrolled_lstm
 from .options import CurvatureMethod, KfacApprox
+
+
+FEW_ROWS = 64
+"""Up to this many rows a Gram matrix is formed directly in the float64 sum (measured on a 2-core CPU for a 1024-
+wide layer: 1 row 0.9 ms vs 9 ms for a float32 product, then a float64 add; 64 rows on par; 1024 rows 1.6x
+slower)."""
 
 
 def statistics_dtype(weight_dtype: torch.dtype) -> torch.dtype:
@@ -58,10 +67,26 @@ class LayerStatistics:
     tokens: Tensor | int = 0  # a device tensor while accumulating (no host sync), an int after `token_count`
     per_sample_grad: Tensor | None = field(default=None, repr=False)
 
-    def add(self, name: str, value: Tensor) -> None:
+    def _sum(self, name: str, like: Tensor, size: tuple[int, ...]) -> Tensor:
         current = getattr(self, name)
-        value = value.detach().double()
-        setattr(self, name, value if current is None else current + value)
+        if current is None:
+            current = torch.zeros(size, dtype=torch.float64, device=like.device)
+            setattr(self, name, current)
+        return current
+
+    def add(self, name: str, value: Tensor) -> None:
+        """``sum += value`` in place (float64)."""
+        self._sum(name, value, tuple(value.shape)).add_(value.detach())
+
+    def add_gram(self, name: str, rows: Tensor) -> None:
+        """``sum += rows^T rows`` for `rows` (N, width), in place (float64; see `FEW_ROWS`)."""
+        rows = rows.detach()
+        total = self._sum(name, rows, (rows.shape[-1], rows.shape[-1]))
+        if rows.shape[0] <= FEW_ROWS:
+            wide = rows.double()
+            total.addmm_(wide.T, wide)
+        else:
+            total.add_(rows.T @ rows)
 
     def token_count(self) -> int:
         """The number of counted positions (reads a device count back to the host once)."""
@@ -186,26 +211,26 @@ class CurvatureCapture:
                 Q_A, Q_G = self.bases[name]
                 a, g = a @ Q_A, g @ Q_G
             grad = torch.einsum("bpo,bpi->boi", g, a)
-            stats.per_sample_grad = grad if stats.per_sample_grad is None else stats.per_sample_grad + grad
+            if stats.per_sample_grad is None:
+                stats.per_sample_grad = grad
+            else:
+                stats.per_sample_grad.add_(grad)
             return
         if self.kfac_approx == "expand":
             if first:
                 active = (g != 0).any(-1)  # (B, P); masked rather than indexed: no host sync
-                masked = (a * active[..., None]).reshape(-1, a.shape[-1])
-                stats.add("A_sum", masked.T @ masked)
+                stats.add_gram("A_sum", (a * active[..., None]).reshape(-1, a.shape[-1]))
                 stats.tokens = stats.tokens + active.sum()
-            flat = g.reshape(-1, g.shape[-1])
-            stats.add("G_sum", flat.T @ flat)
+            stats.add_gram("G_sum", g.reshape(-1, g.shape[-1]))
             return
         a, g = self._by_sample(name, a, g)
         if first:
             active = (g != 0).any(-1)
             count = active.sum(1)  # a sample without active positions has a zero mean: it adds nothing to A_sum
             a_mean = (a * active[..., None]).sum(1) / count.clamp(min=1)[:, None]
-            stats.add("A_sum", a_mean.T @ a_mean)
+            stats.add_gram("A_sum", a_mean)
             stats.tokens = stats.tokens + (count > 0).sum()
-        g_sum = g.sum(1)
-        stats.add("G_sum", g_sum.T @ g_sum)
+        stats.add_gram("G_sum", g.sum(1))
 
     def begin_backward(self, batch_size: int) -> None:
         self._batch_size = batch_size
@@ -214,5 +239,5 @@ class CurvatureCapture:
         """Close one backward pass: square the per-sample gradients (EWC)."""
         for stats in self.stats.values():
             if stats.per_sample_grad is not None:
-                stats.add("diag_sum", (stats.per_sample_grad.double() ** 2).sum(0))
+                stats.add("diag_sum", stats.per_sample_grad.double().square().sum(0))
                 stats.per_sample_grad = None

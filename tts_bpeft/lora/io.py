@@ -121,9 +121,10 @@ def load_adapter(model: nn.Module | MutableMapping[str, nn.Module], directory: s
     return model
 
 
-def _deepcopy(root: nn.Module) -> nn.Module:
-    """copy.deepcopy that also copies layers with old-style weight/spectral norm: their ``weight`` attribute is
-    a non-leaf tensor (computed by the pre-hook) that deepcopy refuses; the copy gets it detached."""
+def deepcopy_model(root: nn.Module) -> nn.Module:
+    """copy.deepcopy that also copies layers with old-style weight/spectral norm after a forward pass with
+    gradients: their ``weight`` attribute is then a non-leaf tensor (computed by the pre-hook) that deepcopy
+    refuses; the copy gets it detached (the next forward recomputes it from the copied parameters)."""
     memo = {}
     for module in root.modules():
         for hook in module._forward_pre_hooks.values():
@@ -141,7 +142,7 @@ def merged_state_dict(model: nn.Module | Mapping[str, nn.Module], adapter_name: 
     Works on a deep copy, so the model itself is left untouched. Weight-normed layers keep their
     ``weight_g``/``weight_v`` keys, with values that give exactly ``W + dW``.
     """
-    root = _deepcopy(as_module(model))
+    root = deepcopy_model(as_module(model))
     for module in root.modules():
         if isinstance(module, LoraLayer):
             module.merge(adapter_names=[adapter_name] if adapter_name else None)
