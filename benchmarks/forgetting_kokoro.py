@@ -13,7 +13,7 @@ end: from the timings in docs/kokoro.md (measured under heavy load) and Kokoro's
 on 2 idle CPU cores per Fisher (60 syntheses + 30 training steps per run; everything runs on the CPU).
 Fewer seeds or strengths shorten it.
 
-    python benchmarks/forgetting_kokoro.py                                   # full, data-free Fisher
+    python benchmarks/forgetting_kokoro.py                                   # full, empirical Fisher
     python benchmarks/forgetting_kokoro.py --fisher data-free empirical      # both Fishers
     python benchmarks/forgetting_kokoro.py --train 8 --heldout 2 --builtin-sentences 2 --steps 4 \\
         --strengths 1 --replay-fractions 0.5 --seeds 0 --out /tmp/fk       # reduced, end to end
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "forgetting_kokoro")
-    p.add_argument("--fisher", nargs="+", choices=FISHERS, default=["data-free"])
+    p.add_argument("--fisher", nargs="+", choices=FISHERS, default=["empirical"])
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--train", type=int, default=100)
     p.add_argument("--heldout", type=int, default=20)

@@ -192,7 +192,14 @@ class CsvLog:
         self.rows: list[dict[str, Any]] = []
         if resume_step and path.is_file():
             with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                rows = [self._parse(r) for r in csv.DictReader(f)]
+            self.rows = [r for r in rows if r["step"] <= resume_step]
+
+    @staticmethod
+    def _parse(row: Mapping[str, str]) -> dict[str, Any]:
+        """A row read back from the CSV with the values it was written with: ints for step and epoch, floats
+        for the rest, empty cells (a column other rows have) left empty."""
+        return {k: "" if v in ("", None) else int(v) if k in ("step", "epoch") else float(v) for k, v in row.items()}
 
     def epochs(self) -> list[dict[str, float]]:
         """Per epoch (1-based ``epoch``): the mean of every column over its rows, ``steps`` and ``seconds`` at

@@ -2,9 +2,10 @@
 
 A male US voice (piper's ``en_US-joe-medium``, offline) reads sentences; Kokoro-82M (the offline weights) learns
 it as a new voicepack plus LoRA, six ways: plain LoRA, L2-SP, EWC, KFAC, damped KFAC (Laplace priors from the
-data-free Fisher of Kokoro's own outputs) and self-replay (the original model's own outputs for its built-in
-voices mixed into the same steps). Each is measured on real speech (`tts_bpeft.eval.forgetting`): how the
-built-in voices moved (speaker similarity of their new to their old output, WER) and how the new voice sounds
+empirical Fisher of the fine-tuning objective on other speakers' recordings, flite voices) and self-replay (the
+original model's own outputs for its built-in voices mixed into the same steps). Each is measured on real speech
+(`tts_bpeft.eval.forgetting`): how the built-in voices moved (speaker similarity of their new to their old
+output, WER) and how the new voice sounds
 (similarity to held-out recordings, WER), and compared at equal target quality on a front over each system's
 strength (`tts_bpeft.kokoro.comparison`).
 

@@ -1,10 +1,13 @@
-"""Step 2 (for prior=ewc|kfac|ekfac): the data-free Fisher of the base model's own outputs.
+"""Step 2 (for prior=ewc|kfac|ekfac): the Fisher for the prior, on the LoRA layers of ``lora.preset`` (the ones
+finetune.py adapts).
 
     python estimate_curvature.py name=joe prior=kfac                 # -> <work_dir>/curvature_kfac.safetensors
 
-Built-in voices (``curvature.voices``, default all) speak ``curvature.sentences`` built-in sentences each; the
-Monte-Carlo Fisher of their durations, F0, energy and decoded mel (`tts_bpeft.kokoro.curvature`) is measured
-on the LoRA layers of ``lora.preset`` (the ones finetune.py adapts).
+``curvature.fisher=empirical`` (default; measured better, docs/kokoro.md "Which Fisher"): the fine-tuning
+objective's empirical Fisher on other speakers' recordings (``curvature.proxies`` folders, else flite voices
+reading ``curvature.proxy_sentences`` sentences). ``curvature.fisher=data-free``: the Monte-Carlo Fisher of the
+model's own durations, F0, energy and decoded mel for the built-in voices (``curvature.voices``) speaking
+``curvature.sentences`` built-in sentences (`tts_bpeft.kokoro.curvature`); no recordings needed.
 """
 
 import hydra

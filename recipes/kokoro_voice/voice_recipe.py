@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from tts_bpeft.family import DataOptions, TTSModel, estimate_pretraining_curvature, family
 from tts_bpeft.io import save_json
+from tts_bpeft.kokoro.comparison import proxy_recordings
 from tts_bpeft.kokoro.examples import nearest_voice, recording_examples, replay_examples
 from tts_bpeft.kokoro.family import KokoroFamily
 from tts_bpeft.kokoro.finetune import Replay, VoiceTraining, finetune_voice
@@ -123,14 +125,28 @@ def curvature_file(settings: Mapping[str, Any]) -> Path:
 
 
 def estimate(settings: Mapping[str, Any]) -> Path:
-    """The Monte-Carlo Fisher of the model's own outputs for the prior, saved as ``curvature_<method>``."""
+    """The Fisher for the prior, saved as ``curvature_<method>``. ``curvature.fisher``: ``empirical`` (the
+    fine-tuning objective's empirical Fisher on other speakers' recordings: the ``curvature.proxies`` folders,
+    else flite voices reading ``curvature.proxy_sentences`` sentences; each speaker aligned to its nearest
+    built-in voice) or ``data-free`` (the Monte-Carlo Fisher of the model's own outputs for the built-in voices
+    speaking ``curvature.sentences`` sentences). docs/kokoro.md, "Which Fisher", has the measured comparison."""
     kokoro, model = build(settings)
     spec, lora = settings["curvature"], settings["lora"]
     kokoro.add_preset(model, lora["preset"], r=lora["r"], alpha=lora["alpha"], extra=lora.get("extra") or [],
                       exclude=lora.get("exclude") or [])
-    voices = spec.get("voices") or kokoro.voices(model)
-    texts = [Utterance("", voice, sentence(i)) for voice in voices for i in range(int(spec["sentences"]))]
-    estimate = estimate_pretraining_curvature(kokoro, model, texts, method=spec["method"], fisher="mc",
+    fisher = spec.get("fisher", "empirical")
+    if fisher == "empirical":
+        work_dir, count = Path(settings["work_dir"]), int(spec["proxy_sentences"])
+        folders = spec.get("proxies") or list(proxy_recordings(work_dir / "proxies", count).values())
+        utterances = [u for folder in folders for u in read_recordings(folder).utterances[:count]]
+        model = replace(model, settings={**model.settings, "targets_cache": str(work_dir / "targets" / "proxies")})
+    elif fisher == "data-free":
+        voices = spec.get("voices") or kokoro.voices(model)
+        utterances = [Utterance("", voice, sentence(i)) for voice in voices for i in range(int(spec["sentences"]))]
+    else:
+        raise ValueError(f"curvature.fisher={fisher!r}: empirical or data-free")
+    estimate = estimate_pretraining_curvature(kokoro, model, utterances, method=spec["method"],
+                                              fisher="empirical" if fisher == "empirical" else "mc",
                                               options=DataOptions(max_frames=spec.get("max_frames")),
                                               seed=int(settings["seed"]), progress=settings.get("progress", True))
     return estimate.save(curvature_file(settings))

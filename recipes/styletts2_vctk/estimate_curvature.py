@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> None:
     seconds = time.time() - started
     output = out_dir / cfg.output
     rank = cfg.storage.rank
-    if rank is not None:  # an integer: eigenpairs per factor; a float: the share of each factor's trace kept
+    if rank is not None and cfg.method == "kfac":  # an integer: eigenpairs per factor; a float: a trace share
         curvature = curvature.compress(**({"rank": rank} if isinstance(rank, int) else {"energy": float(rank)}))
     dtype = getattr(torch, cfg.storage.dtype) if cfg.storage.dtype else None
     curvature.save(output, dtype=dtype)

@@ -62,3 +62,20 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, world):
     a, b = final(tmp_path / "single"), final(tmp_path / "ddp")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_log_read_back_on_resume_has_the_values_it_was_written_with(tmp_path):
+    from tts_bpeft.training import CsvLog
+
+    path = tmp_path / "log.csv"
+    log = CsvLog(path, 0)
+    log.add({"step": 1, "epoch": 0, "seconds": 0.5, "loss": 2.25})
+    log.add({"step": 2, "epoch": 0, "seconds": 1.0, "loss": 1.5, "score": 0.75})  # a column the first row lacks
+    log.add({"step": 3, "epoch": 1, "seconds": 1.5, "loss": 1.25})
+    log.flush()
+    resumed = CsvLog(path, 2)  # a checkpoint at step 2: step 3 is dropped
+    assert resumed.rows == [{"step": 1, "epoch": 0, "seconds": 0.5, "loss": 2.25, "score": ""},
+                            {"step": 2, "epoch": 0, "seconds": 1.0, "loss": 1.5, "score": 0.75}]
+    assert resumed.epochs() == [{"loss": 1.875, "score": 0.75, "epoch": 1, "steps": 2, "seconds": 1.0}]
+    resumed.flush()
+    assert CsvLog(path, 2).rows == resumed.rows  # a second resume reads the rewritten log the same way

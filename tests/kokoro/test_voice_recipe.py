@@ -1,6 +1,6 @@
 """recipes/kokoro_voice end to end on a small Kokoro-shaped checkpoint (slow: minutes on 2 cores): a folder of
-recordings (one of them silent) -> prepare (nearest voice, targets) -> estimate_curvature (KFAC) -> finetune
-(KFAC prior, self-replay) -> synthesize; rerunning finetune resumes the finished run unchanged."""
+recordings (one of them silent) -> prepare (nearest voice, targets) -> estimate_curvature (KFAC, data-free and
+empirical) -> finetune (KFAC prior, self-replay) -> synthesize; rerunning finetune resumes the finished run unchanged."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from tts_bpeft.curvature import Curvature
 from tts_bpeft.family import family
 from tts_bpeft.kokoro.checkpoint import save_kokoro_checkpoint
 from tts_bpeft.kokoro.synthesis import synthesize
@@ -65,11 +66,16 @@ def setup(small_kmodel, small_config, tmp_path_factory):
               f"+model.voicepacks.other={root / 'other.pt'}", f"work_dir={root / 'work'}",
               f"data.recordings={recordings}", "data.test_utterances=1", "candidate_voices=[mine,other]",
               "nearest_count=1", "objective.crop_frames=4", "lora.preset=paper", "lora.r=2", "progress=false"]
-    return root, common
+    other = root / "other_speaker"  # recordings of another speaker: the empirical Fisher's proxies
+    other.mkdir()
+    for i, wave in enumerate(synthesize(built, TEXTS[:2], packs["other"], seed=5, progress=False)):
+        sf.write(other / f"o{i}.wav", wave, 24000, subtype="FLOAT")
+        (other / f"o{i}.txt").write_text(TEXTS[i])
+    return root, common, other
 
 
 def test_recipe_end_to_end(setup):
-    root, common = setup
+    root, common, recordings_of_other = setup
     out = recipe("prepare.py", *common, cwd=root)
     prepared = json.loads((root / "work" / "prepared.json").read_text())
     scores = prepared["nearest_scores"]  # (random weights: the speaking voice need not be the nearest)
@@ -77,9 +83,15 @@ def test_recipe_end_to_end(setup):
     assert len(prepared["train"]) == 3 and len(prepared["test"]) == 1 and prepared["skipped"] == 1
     assert "silent.wav" in out and "skipped 1 recording" in out
 
-    recipe("estimate_curvature.py", *common, "prior=kfac", "curvature.voices=[other]", "curvature.sentences=1",
-           "curvature.max_frames=8", cwd=root)
-    assert (root / "work" / "curvature_kfac.safetensors").is_file()
+    curvature = root / "work" / "curvature_kfac.safetensors"
+    recipe("estimate_curvature.py", *common, "prior=kfac", "curvature.fisher=data-free", "curvature.voices=[other]",
+           "curvature.sentences=1", "curvature.max_frames=8", cwd=root)
+    data_free = Curvature.load(curvature)
+    recipe("estimate_curvature.py", *common, "prior=kfac", f"curvature.proxies=[{recordings_of_other}]",
+           "curvature.proxy_sentences=2", "curvature.max_frames=8", cwd=root)  # the default: empirical
+    empirical = Curvature.load(curvature)
+    assert empirical.samples == 2 and data_free.samples == 1 and empirical.names == data_free.names
+    assert (root / "work" / "targets" / "proxies").is_dir()  # the proxy recordings were aligned
 
     tuning = [*common, "prior=kfac", "train.steps=2", "train.batch_size=2", "replay.fraction=0.5",
               "replay.voices=[other]", "replay.sentences=1", "checkpoint_every=1"]

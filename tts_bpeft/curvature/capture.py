@@ -41,7 +41,6 @@ from ..lora.targets import LoraTarget
 from .lstm import unrolled_lstm
 from .options import CurvatureMethod, KfacApprox
 
-
 FEW_ROWS = 64
 """Up to this many rows a Gram matrix is formed directly in the float64 sum (measured on a 2-core CPU for a 1024-
 wide layer: 1 row 0.9 ms vs 9 ms for a float32 product, then a float64 add; 64 rows on par; 1024 rows 1.6x

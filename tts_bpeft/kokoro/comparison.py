@@ -11,9 +11,9 @@ Stages, each cached under the output folder (a rerun reuses every finished piece
    (indices: target 0-199, held-out built-in 200-249, replay 250-319, curvature 320-359, proxies 360-399);
 2. examples: targets of the recordings (`tts_bpeft.kokoro.examples.recording_examples`, aligned against the
    initial voice) and self-replay examples (the original model's own outputs, cached as safetensors);
-3. curvature of the LoRA targets: the data-free Monte-Carlo Fisher of the model's own outputs
-   (`tts_bpeft.kokoro.curvature`, every built-in voice) or, with ``fisher="empirical"``, the empirical
-   Fisher of the fine-tuning objective on proxy recordings of other voices (flite); KFAC and EWC files;
+3. curvature of the LoRA targets: the empirical Fisher of the fine-tuning objective on proxy recordings of
+   other voices (flite; the default, measured better) or, with ``fisher="data-free"``, the Monte-Carlo Fisher
+   of the model's own outputs (`tts_bpeft.kokoro.curvature`, every built-in voice); KFAC and EWC files;
 4. runs: plain LoRA, then each prior at every ``strengths`` value and self-replay at every
    ``replay_fractions`` value, for each seed. A prior's lam is set from plain LoRA: strength s gives
    ``lam = s * L / q``, where ``L`` is plain LoRA's held-out target objective and ``q`` the prior's
@@ -116,7 +116,7 @@ class ComparisonSettings:
     damping: float = 0.1
     tolerance: float = 0.1
     seeds: tuple[int, ...] = (0,)
-    fisher: str = "data-free"
+    fisher: str = "empirical"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.systems) - set(SYSTEMS))
