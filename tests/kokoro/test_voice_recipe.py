@@ -1,6 +1,7 @@
 """recipes/kokoro_voice end to end on a small Kokoro-shaped checkpoint (slow: minutes on 2 cores): a folder of
 recordings (one of them silent) -> prepare (nearest voice, targets) -> estimate_curvature (KFAC, data-free and
-empirical) -> finetune (KFAC prior, self-replay) -> synthesize; rerunning finetune resumes the finished run unchanged."""
+empirical) -> finetune (KFAC prior, self-replay) -> synthesize; rerunning finetune resumes the
+finished run unchanged."""
 
 from __future__ import annotations
 
