@@ -8,10 +8,15 @@ Every run is cached under ``--out`` (`tts_bpeft.kokoro.comparison`: run folders 
 they depend on; plain LoRA, L2-SP and replay runs are shared between the two Fishers): an interrupted benchmark
 resumes where it stopped. Full settings (the defaults): 100 training and 20 held-out target recordings, 20
 held-out sentences for each scored built-in voice (jf_alpha, jm_kumo; --builtin adds the others), 30 steps,
-prior strengths 0.1-3 and replay fractions 0.25, 0.5, seeds 0 and 1: 38 runs per Fisher. Not timed end to
-end: from the timings in docs/kokoro.md (measured under heavy load) and Kokoro's idle speed, about 3 hours
-on 2 idle CPU cores per Fisher (60 syntheses + 30 training steps per run; everything runs on the CPU).
-Fewer seeds or strengths shorten it.
+prior strengths 1 and 10 (0.1 hardly moved any prior at the demo's sizes) and replay fractions 0.25, 0.5,
+seeds 0 and 1, the empirical Fisher: 22 runs. Not run end to end yet. Estimated from idle timings (docs/kokoro.md:
+~2.3 s per step at 24-frame crops, ~3 s per synthesized and scored sentence, 60 per run): ~250 s per run,
+about 100 minutes on 2 idle CPU cores with the data preparation; a second Fisher adds 12 runs (~50 min).
+The demo's sizes with three seeds and both Fishers ran in 52 minutes (docs/kokoro.md, "Measured"):
+
+    python benchmarks/forgetting_kokoro.py --train 16 --heldout 3 --builtin-sentences 2 --replay-sentences 2 \\
+        --curvature-sentences 1 --proxy-sentences 2 --steps 12 --crop-frames 16 --strengths 0.1 1 10 \\
+        --seeds 0 1 2 --fisher data-free empirical
 
     python benchmarks/forgetting_kokoro.py                                   # full, empirical Fisher
     python benchmarks/forgetting_kokoro.py --fisher data-free empirical      # both Fishers
@@ -45,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--proxy-sentences", type=int, default=5)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--crop-frames", type=int, default=24)
-    p.add_argument("--strengths", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0])
+    p.add_argument("--strengths", nargs="+", type=float, default=[1.0, 10.0])
     p.add_argument("--replay-fractions", nargs="+", type=float, default=[0.25, 0.5])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--tolerance", type=float, default=0.1)

@@ -43,7 +43,7 @@ def test_settings_refuse_what_cannot_run():
 
 
 def test_runs_that_do_not_use_the_fisher_are_shared_between_fishers(tmp_path):
-    free, empirical = ComparisonSettings(), ComparisonSettings(fisher="empirical")
+    free, empirical = ComparisonSettings(fisher="data-free"), ComparisonSettings(fisher="empirical")
     for system in (PLAIN, "l2sp", "replay"):
         assert run_folder(tmp_path, free, system, 1.0, 0) == run_folder(tmp_path, empirical, system, 1.0, 0)
     for system in ("ewc", "kfac", "kfac-damped"):
