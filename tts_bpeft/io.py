@@ -52,8 +52,15 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
 
 def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
                      ) -> Path:
-    """A safetensors file written atomically (tensors made contiguous and detached)."""
-    data = safetensors_bytes({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    """A safetensors file written atomically (tensors made contiguous and detached; a tensor whose memory an
+    earlier one already uses, e.g. two rows of one voicepack, is stored as its own copy)."""
+    own, seen = {}, set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        own[name] = tensor.clone() if storage in seen and tensor.numel() else tensor
+        seen.add(storage)
+    data = safetensors_bytes(own, metadata=metadata)
     return atomic_write(path, lambda handle: handle.write(data))
 
 

@@ -169,7 +169,7 @@ def _save_examples(examples: Sequence[KokoroUtterance], path: Path, key: str) ->
         tensors.update({f"{i}.tokens": e.tokens, f"{i}.style": e.style, f"{i}.durations": e.targets.durations,
                         f"{i}.f0": e.targets.f0, f"{i}.energy": e.targets.energy, f"{i}.audio": e.audio})
     names = json.dumps([e.key for e in examples])
-    save_safetensors({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"key": key, "names": names})
+    save_safetensors(tensors, path, metadata={"key": key, "names": names})
 
 
 def _load_examples(path: Path, key: str) -> list[KokoroUtterance] | None:
