@@ -9,9 +9,9 @@ they depend on; plain LoRA, L2-SP and replay runs are shared between the two Fis
 resumes where it stopped. Full settings (the defaults): 100 training and 20 held-out target recordings, 20
 held-out sentences for each scored built-in voice (jf_alpha, jm_kumo; --builtin adds the others), 30 steps,
 prior strengths 1 and 10 (0.1 hardly moved any prior at the demo's sizes) and replay fractions 0.25, 0.5,
-seeds 0 and 1, the empirical Fisher: 22 runs. Not run end to end yet. Estimated from idle timings (docs/kokoro.md:
-~2.3 s per step at 24-frame crops, ~3 s per synthesized and scored sentence, 60 per run): ~250 s per run,
-about 100 minutes on 2 idle CPU cores with the data preparation; a second Fisher adds 12 runs (~50 min).
+seeds 0 and 1, the empirical Fisher: 22 runs. Measured with ``--seeds 0`` on 2 idle CPU cores: 50 min 43 s
+(~9 min data, ~4 min per run, 11 runs; the table in docs/kokoro.md); both seeds ~95 min, a second Fisher adds
+12 runs (~50 min).
 The demo's sizes with three seeds and both Fishers ran in 52 minutes (docs/kokoro.md, "Measured"):
 
     python benchmarks/forgetting_kokoro.py --train 16 --heldout 3 --builtin-sentences 2 --replay-sentences 2 \\
