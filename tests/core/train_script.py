@@ -63,7 +63,7 @@ def main() -> None:
 
     def step_loss(batch):
         loss = ((model(batch[0]) - batch[1]) ** 2).mean()
-        return loss, {"loss": float(loss)}
+        return loss, {"loss": float(loss.detach())}
 
     def penalty():
         return 1e-3 * sum((p ** 2).sum() for p in model.parameters())
@@ -75,6 +75,8 @@ def main() -> None:
           settings, penalty=penalty)
     if args.rank == 0:
         torch.save({k: v.detach() for k, v in trainable.items()}, os.path.join(args.out, "final.pt"))
+    if args.world > 1:
+        dist.destroy_process_group()  # exiting with gloo's threads alive can abort ("terminate called ...")
 
 
 if __name__ == "__main__":
