@@ -58,7 +58,7 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metada
     for name, tensor in tensors.items():
         tensor = tensor.detach().contiguous()
         storage = tensor.untyped_storage().data_ptr()
-        own[name] = tensor.clone() if storage in seen and tensor.numel() else tensor
+        own[name] = tensor.clone() if storage in seen else tensor
         seen.add(storage)
     data = safetensors_bytes(own, metadata=metadata)
     return atomic_write(path, lambda handle: handle.write(data))

@@ -175,15 +175,15 @@ def run_finetuning(cfg: Mapping[str, Any], out_dir: str | Path, utterances: Sequ
     out_dir = Path(out_dir)
     device = torch.device(cfg.get("device", "cpu"))
     seed = int(cfg.get("seed", 0))
-    launched = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized()
-    if launched:  # by torchrun: the group is ours to close (a process that exits with it open can abort)
+    opened_here = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized()
+    if opened_here:  # launched by torchrun: the group is ours to close (a process that exits with it open can abort)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     try:
         with run_lock(out_dir) if rank == 0 else nullcontext():
             return _run_finetuning(cfg, settings, out_dir, utterances, device, seed, rank, world)
     finally:
-        if launched:
+        if opened_here:
             dist.destroy_process_group()
 
 
