@@ -102,9 +102,10 @@ def matrix_to_weight(kind: str, matrix: Tensor, shape: torch.Size) -> Tensor:
 
 
 def _one_hot_kernel(n_in: int, k: int, like: Tensor) -> Tensor:
-    """E (in*k, in, k) with E[i*k + j, i, j] = 1: convolving with it copies each patch into channels."""
-    eye = torch.eye(n_in * k, dtype=like.dtype, device=like.device)
-    return eye.reshape(n_in * k, n_in, k)
+    """E (in*k, 1, k) with E[i*k + j, 0, j] = 1: a grouped convolution with it (``groups=in``) copies each patch
+    into channels, ``O(L in k)`` work (a dense (in*k, in, k) kernel would cost as much as a Gram matrix)."""
+    eye = torch.eye(k, dtype=like.dtype, device=like.device)
+    return eye.repeat(n_in, 1).unsqueeze(1)
 
 
 def conv1d_patches(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -118,7 +119,7 @@ def conv1d_patches(conv: nn.Conv1d, x: Tensor) -> Tensor:
     if conv.padding_mode != "zeros":
         x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
         padding = 0
-    patches = F.conv1d(x, kernel, None, conv.stride, padding, conv.dilation)
+    patches = F.conv1d(x, kernel, None, conv.stride, padding, conv.dilation, groups=conv.in_channels)
     return patches.transpose(1, 2)
 
 
@@ -130,8 +131,8 @@ def conv_transpose1d_patches(conv: nn.ConvTranspose1d, x: Tensor, out_length: in
     """
     k = conv.kernel_size[0]
     n_in = conv.in_channels
-    kernel = _one_hot_kernel(n_in, k, x).permute(1, 0, 2)  # (in, in*k, k): E[i, i*k + j, j] = 1
+    kernel = _one_hot_kernel(n_in, k, x).reshape(n_in, k, k)  # groups=in: E[i, j, j] = 1 -> channel i*k + j
     stride, padding, dilation = conv.stride[0], conv.padding[0], conv.dilation[0]
     default_length = (x.shape[-1] - 1) * stride - 2 * padding + dilation * (k - 1) + 1
-    patches = F.conv_transpose1d(x, kernel, None, stride, padding, out_length - default_length, 1, dilation)
+    patches = F.conv_transpose1d(x, kernel, None, stride, padding, out_length - default_length, n_in, dilation)
     return patches.transpose(1, 2)

@@ -111,7 +111,7 @@ def _all_reduce(stats: dict[str, LayerStatistics], samples: int, device: torch.d
         n_out, n_in = layer.shape
         for name, shape in (("A_sum", (n_in, n_in)), ("G_sum", (n_out, n_out)), ("diag_sum", (n_out, n_in))):
             value = getattr(layer, name)
-            value = torch.zeros(shape, dtype=torch.float64) if value is None else value
+            value = torch.zeros(shape, dtype=layer.dtype) if value is None else value
             value = value.to(device)
             dist.all_reduce(value)
             setattr(layer, name, value.cpu())
@@ -230,20 +230,20 @@ def _finish(capture: CurvatureCapture, draws_total: int, targets: Mapping[str, L
             kfac: Curvature | None = None, bases: Mapping[str, tuple[Tensor, Tensor]] | None = None
             ) -> dict[str, LayerCurvature]:
     """Sums -> means: A over tokens, G and diag (EWC) or scales (EKFAC, with the `bases` of `kfac` and its
-    token counts) over samples x draws (float32). Each layer's float64 sums are released once its means
-    exist, so the peak is the sums plus one layer's means, not the sums plus all means."""
+    token counts) over samples x draws, divided in place and kept as float32 (a float32 sum becomes its own mean:
+    no second copy; a float64 model's sums are released once their float32 means exist)."""
     method, layers = capture.method, {}
     for name, s in capture.stats.items():
         tokens = s.token_count()
         if (method == "kfac" and (s.G_sum is None or tokens == 0)) or (method != "kfac" and s.diag_sum is None):
             raise ValueError(f"layer {name!r} received no gradient: is it used by loss_fn's loss?")
         if method == "kfac":
-            term = {"A": (s.A_sum / tokens).float(), "G": (s.G_sum / draws_total).float()}
+            term = {"A": s.A_sum.div_(tokens).float(), "G": s.G_sum.div_(draws_total).float()}
         elif method == "ewc":
-            term = {"diag": (s.diag_sum / draws_total).float()}
+            term = {"diag": s.diag_sum.div_(draws_total).float()}
         else:
             Q_A, Q_G = bases[name]
-            term = {"A_basis": Q_A.float(), "G_basis": Q_G.float(), "scales": (s.diag_sum / draws_total).float()}
+            term = {"A_basis": Q_A.float(), "G_basis": Q_G.float(), "scales": s.diag_sum.div_(draws_total).float()}
             tokens = kfac.layers[name].tokens[0]
         s.A_sum = s.G_sum = s.diag_sum = None
         layers[name] = LayerCurvature(s.kind, s.shape, [term], [tokens], layer_fingerprint(targets[name]))
