@@ -1,10 +1,11 @@
 """KFAC estimation time and peak memory: tts_bpeft vs plain forward+backward vs curvlinops (same factors).
 
-Run: .venv/bin/python benchmarks/bench_estimation.py
-Model: 4 Linear layers (width 512) on token sequences (batch 8 x 64 tokens, 6 batches), cross-entropy over
-256 classes; KFAC expand, empirical Fisher, all four weights. Each variant runs in its own subprocess so
-that its peak resident memory (resource.getrusage(RUSAGE_SELF).ru_maxrss, which includes the interpreter,
-torch and the model) is its own; "extra" subtracts the peak of a process that only builds the model and data.
+Run: .venv/bin/python benchmarks/bench_estimation.py [--width 2048]
+Model: 4 Linear layers (width 512, or --width: 2048 is OPT-1.3B's hidden size) on token sequences (batch 8 x 64
+tokens, 6 batches), cross-entropy over 256 classes; KFAC expand, empirical Fisher, all four weights. Each variant
+runs in its own subprocess so that its peak resident memory (resource.getrusage(RUSAGE_SELF).ru_maxrss, which
+includes the interpreter, torch and the model) is its own; "extra" subtracts the peak of a process that only builds
+the model and data.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from torch import nn
 
 from tts_bpeft import estimate_curvature  # imported up front: every variant's process holds the same libraries
 
-WIDTH, DEPTH, CLASSES, BATCH, TOKENS, BATCHES = 512, 4, 256, 8, 64, 6
+DEPTH, CLASSES, BATCH, TOKENS, BATCHES = 4, 256, 8, 64, 6
 
 
 class Net(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, width: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(WIDTH, WIDTH) for _ in range(DEPTH - 1)])
-        self.out = nn.Linear(WIDTH, CLASSES)
+        self.layers = nn.ModuleList([nn.Linear(width, width) for _ in range(DEPTH - 1)])
+        self.out = nn.Linear(width, CLASSES)
 
     def forward(self, x):
         for layer in self.layers:
@@ -48,10 +49,10 @@ class ClassesSecond(nn.Module):
         return self.net(x).transpose(1, 2)
 
 
-def setup():
+def setup(width: int):
     torch.manual_seed(0)
-    model = Net()
-    data = [(torch.randn(BATCH, TOKENS, WIDTH), torch.randint(0, CLASSES, (BATCH, TOKENS))) for _ in range(BATCHES)]
+    model = Net(width)
+    data = [(torch.randn(BATCH, TOKENS, width), torch.randint(0, CLASSES, (BATCH, TOKENS))) for _ in range(BATCHES)]
     return model, data
 
 
@@ -59,8 +60,8 @@ def per_sample(m, batch):
     return F.cross_entropy(m(batch[0]).transpose(1, 2), batch[1], reduction="none").sum(1)
 
 
-def run(mode: str) -> dict:
-    model, data = setup()
+def run(mode: str, width: int) -> dict:
+    model, data = setup(width)
     t0 = time.perf_counter()
     if mode == "plain":
         params = list(model.parameters())
@@ -85,21 +86,23 @@ def main() -> None:
     parser.add_argument("--mode")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see bench_penalty.py)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--width", type=int, default=512, help="width of the Linear layers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.mode:
-        print(json.dumps(run(args.mode)))
+        print(json.dumps(run(args.mode, args.width)))
         return
     results = {}
     for mode in ("idle", "plain", "tts_bpeft", "curvlinops"):
         runs = []
         for _ in range(args.repeats):
-            out = subprocess.run([sys.executable, __file__, "--mode", mode, "--threads", str(args.threads)],
+            out = subprocess.run([sys.executable, __file__, "--mode", mode, "--threads", str(args.threads),
+                                  "--width", str(args.width)],
                                  check=True, capture_output=True, text=True).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))
         results[mode] = {"seconds": min(r["seconds"] for r in runs), "maxrss_mib": min(r["maxrss_mib"] for r in runs)}
     base = results["idle"]["maxrss_mib"]
-    print(f"torch {torch.__version__}, threads {args.threads}; {DEPTH} Linear {WIDTH}-wide, {BATCHES} batches of "
+    print(f"torch {torch.__version__}, threads {args.threads}; {DEPTH} Linear {args.width}-wide, {BATCHES} batches of "
           f"{BATCH} x {TOKENS} tokens; best of {args.repeats}; memory = peak RSS (getrusage ru_maxrss)")
     print(f"{'variant':<12} {'seconds':>8} {'vs plain':>9} {'peak MiB':>9} {'extra MiB':>10}")
     for mode in ("plain", "tts_bpeft", "curvlinops"):
