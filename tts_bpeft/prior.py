@@ -54,6 +54,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .choices import Choice
 from .curvature.storage import Curvature
@@ -77,10 +78,28 @@ class PriorScaling(Choice):
     RELATIVE = "relative"
 
 
+class _SymmetricSandwich(torch.autograd.Function):
+    """``X^T M X`` for a symmetric ``M`` (d x d) that needs no gradient and ``X`` (d x r). The backward reuses
+    ``M X`` from the forward, ``dL/dX = M X (dL/dY + dL/dY^T)``, so the ``d^2 r`` product is taken once per
+    penalty evaluation, not twice (autograd of ``X.T @ M @ X`` multiplies by ``M`` again in the backward)."""
+
+    @staticmethod
+    def forward(ctx, X: Tensor, M: Tensor) -> Tensor:
+        MX = M @ X
+        ctx.save_for_backward(MX)
+        return X.T @ MX
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (MX,) = ctx.saved_tensors
+        return MX @ (grad + grad.T), None
+
+
 def _sandwich(term: dict[str, Tensor], key: str, X: Tensor, damping: float = 0.0) -> Tensor:
     """``X^T (M + damping I) X`` for the factor `key` of a term, stored dense (``M``) or as an eigenbasis."""
     if key in term:
-        out = X.T @ term[key] @ X
+        out = _SymmetricSandwich.apply(X, term[key])
     else:
         P = term[key + "_vecs"].T @ X  # (k, r)
         out = P.T @ (term[key + "_vals"][:, None] * P)
