@@ -145,11 +145,25 @@ class Diagonal(_StoredForm):
         return (self.terms_like(B)[0]["diag"] * (scale * (B @ A)) ** 2).sum()
 
 
+def _cheaper_form(term: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`term` with every eigenbasis factor that keeps more than half of its ``d`` eigenpairs made dense (float32):
+    its sandwich then costs ``d^2 r`` (`_SymmetricSandwich`) instead of ``2 d k r``, for at most twice the
+    memory of the eigenbasis. Truncated factors (``k <= d / 2``) stay eigenbases."""
+    out = dict(term)
+    for key in ("A", "G"):
+        vecs = out.get(key + "_vecs")
+        if vecs is not None and 2 * vecs.shape[1] > vecs.shape[0]:
+            vecs = vecs.float()
+            out[key] = (vecs * out.pop(key + "_vals").float()) @ vecs.T
+            del out[key + "_vecs"]
+    return out
+
+
 class Kronecker(_StoredForm):
     """``q(dW) = sum_terms tr(dW^T (G + g I) dW (A_F + a I))`` (KFAC, optionally damped), in r x r form."""
 
     def __init__(self, terms: list[dict[str, Tensor]], damping: float = 0.0) -> None:
-        super().__init__(terms)
+        super().__init__([_cheaper_form(term) for term in terms])
         self.shifts: list[tuple[float, float]] = []  # (a, g) of each term
         self.mean_eigenvalue = 0.0  # of the damped product: sum_terms (mean(A_F) + a) (mean(G) + g)
         for term in terms:

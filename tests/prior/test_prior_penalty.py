@@ -127,6 +127,25 @@ def test_compressed_by_energy_keeps_the_fewest_eigenpairs_holding_that_trace_sha
         kfac.compress(energy=1.5)
 
 
+def test_an_eigenbasis_keeping_most_pairs_is_charged_densely_and_a_truncated_one_as_is(setup):
+    """Penalty and gradients of a stored eigenbasis equal the dense form, whichever form the prior computes in:
+    dense where more than half of the eigenpairs are kept (cheaper), the eigenbasis where truncated."""
+    model, kfac, _, _ = setup
+    for compressed, some_dense in ((kfac.compress(energy=1.0), True), (kfac.compress(rank=1), False)):
+        prior = package_prior(compressed)
+        total, dense = 0.0, 0
+        for name in NAMES:
+            term = prior.forms(name)[0].terms[0]
+            kept = compressed.terms(name)[0]["A_vals"].shape[0]
+            assert ("A" in term) == (2 * kept > compressed.layers[name].shape[1]), (name, kept)
+            dense += "A" in term
+            factors = [{key: (t[key + "_vecs"] * t[key + "_vals"]) @ t[key + "_vecs"].T for key in ("A", "G")}
+                       for t in compressed.terms(name)]
+            total = total + dense_kfac(lora_delta(*layers_of(model)[name]), factors)
+        assert (dense > 0) == some_dense
+        check_against(prior.penalty(model), total, lora_params(model))
+
+
 def test_weighted_sum_penalty_is_the_weighted_sum_of_dense_forms(setup):
     model, kfac, _, x = setup
     y2 = torch.randn(4, 10, 8)
