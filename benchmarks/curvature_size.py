@@ -13,7 +13,7 @@ Memory: each measurement runs in its own subprocess. Phases are measured by the 
 (build, LoRA, data), ``plain`` (one forward + backward of the same loss into the LoRA parameters),
 ``estimate`` (estimation on the utterance, the result held), ``penalty`` (a prior on factors of the
 estimate's shapes, forward + backward of the penalty twice). ``--module`` estimates only the preset's layers
-of one top-level module (one layer group at a time, to stay within a memory limit); the float64 running sums
+of one top-level module (one layer group at a time, to stay within a memory limit); the float32 running sums
 of the others are then absent: the script prints their exact size.
 """
 
@@ -127,7 +127,7 @@ def memory(model_name: str, preset: str, method: str, module: str | None, max_fr
     out["estimate_peak_mib"] = _peak_mib()
     out["file_mb"] = round(sum(v.numel() * v.element_size() for layer in curvature.layers.values()
                                for term in layer.terms for v in term.values()) / 1e6, 1)
-    out["sums_of_other_layers_mib"] = round(2 * sum(factor_bytes(s, method) for s in others.values()) / 2**20, 1)
+    out["sums_of_other_layers_mib"] = round(sum(factor_bytes(s, method) for s in others.values()) / 2**20, 1)
     if save is not None:
         curvature.save(save)
     del curvature
