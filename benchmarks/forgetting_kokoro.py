@@ -8,8 +8,9 @@ Every run is cached under ``--out`` (`tts_bpeft.kokoro.comparison`: run folders 
 they depend on; plain LoRA, L2-SP and replay runs are shared between the two Fishers): an interrupted benchmark
 resumes where it stopped. Full settings (the defaults): 100 training and 20 held-out target recordings, 20
 held-out sentences for each scored built-in voice (jf_alpha, jm_kumo; --builtin adds the others), 30 steps,
-prior strengths 1 and 10 (0.1 hardly moved any prior at the demo's sizes) and replay fractions 0.25, 0.5,
-seeds 0 and 1, the empirical Fisher: 22 runs. Measured with ``--seeds 0`` on 2 idle CPU cores: 50 min 43 s
+prior strengths 1, 10 and 100 (0.1 hardly moved any prior at the demo's sizes; at 10 KFAC's front still kept
+98 % of plain LoRA's gain at full size) and replay fractions 0.25, 0.5, seeds 0 and 1, the empirical Fisher:
+30 runs. Measured with ``--seeds 0`` on 2 idle CPU cores: 50 min 43 s
 (~9 min data, ~4 min per run, 11 runs; the table in docs/kokoro.md); both seeds ~95 min, a second Fisher adds
 12 runs (~50 min).
 The demo's sizes with three seeds and both Fishers ran in 52 minutes (docs/kokoro.md, "Measured"):
@@ -50,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--proxy-sentences", type=int, default=5)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--crop-frames", type=int, default=24)
-    p.add_argument("--strengths", nargs="+", type=float, default=[1.0, 10.0])
+    p.add_argument("--strengths", nargs="+", type=float, default=[1.0, 10.0, 100.0])
     p.add_argument("--replay-fractions", nargs="+", type=float, default=[0.25, 0.5])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--tolerance", type=float, default=0.1)

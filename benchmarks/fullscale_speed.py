@@ -5,15 +5,20 @@ fine-tuning step with each prior form vs plain LoRA, measured side by side in on
     python benchmarks/fullscale_speed.py --model kokoro --preset design --device cuda --amp --steps 50
 
 Estimation: seconds per utterance of `estimate_curvature` (each method) against one forward + backward of the
-same per-utterance loss into the LoRA parameters (eval mode, the same utterances), and their ratio.
+same per-utterance loss into the LoRA parameters (eval mode, the same utterances), and their ratio; and against
+its arithmetic floor: that plain pass plus the products no estimator can skip, timed on random tensors of each
+layer's real shapes (P = the layer's positions per utterance, counted by the KFAC estimate): KFAC ``a^T a``
+(P x in_flat) and ``g^T g`` (P x out), EWC the per-sample gradient ``g^T a``.
 
 Fine-tuning step: forward and backward of the fine-tuning loss on one batch, the prior's penalty forward and
 backward, an AdamW step over the LoRA parameters. The variants (plain LoRA, L2-SP, EWC, KFAC, EKFAC) run in
 turn, round after round, so that machine load affects all alike; medians per variant and their ratio to
 plain LoRA. KFAC and EWC use the estimates just made; EKFAC uses its estimate when ``ekfac`` is among
 ``--methods``, else factors of its shapes (identity bases, unit scales: the penalty's cost depends on the
-shapes only). ``--amp``: the step's forward under bf16 autocast (the penalty stays float32). On a GPU the
-clock is read after ``torch.cuda.synchronize()``.
+shapes only). ``kfac-k``: the KFAC estimate eigen-truncated to ``--compress-energy`` of each factor's trace
+(`Curvature.compress`; the penalty's products are then k-wide), with its penalty's relative error against the
+dense factors at the LoRA weights the steps reached. ``--amp``: the step's forward under bf16 autocast (the
+penalty stays float32). On a GPU the clock is read after ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curvature_size import placeholder_curvature  # noqa: E402
 from fullscale_models import MODELS, PRESETS, build  # noqa: E402
 
-from tts_bpeft import LaplacePrior, estimate_curvature  # noqa: E402
+from tts_bpeft import Curvature, LaplacePrior, estimate_curvature  # noqa: E402
 from tts_bpeft.lora.targets import lora_targets  # noqa: E402
 
-VARIANTS = ("none", "l2sp", "ewc", "kfac", "ekfac")
+VARIANTS = ("none", "l2sp", "ewc", "kfac", "kfac-k", "ekfac")
 
 
 def _sync(device: torch.device) -> None:
@@ -47,6 +52,26 @@ def _lora_parameters(net) -> list[torch.nn.Parameter]:
     return [p for m in modules for n, p in m.named_parameters() if ".lora_" in f".{n}"]
 
 
+def floor_seconds(kfac: Curvature, method: str, utterances: int, device: torch.device) -> float:
+    """Seconds per utterance of the products `method`'s estimation cannot skip, on random float32 tensors of
+    each layer's shapes with ``P = tokens / utterances`` rows (`kfac`'s token counts): KFAC ``a^T a`` and
+    ``g^T g``, EWC ``g^T a``."""
+    total = 0.0
+    for layer in kfac.layers.values():
+        n_out, n_in = layer.shape
+        rows = max(1, round(sum(layer.tokens) / utterances))
+        a, g = torch.randn(rows, n_in, device=device), torch.randn(rows, n_out, device=device)
+        _sync(device)
+        start = time.perf_counter()
+        if method == "kfac":
+            a.T @ a, g.T @ g
+        else:
+            g.T @ a
+        _sync(device)
+        total += time.perf_counter() - start
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="styletts2")
@@ -57,6 +82,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["kfac", "ewc"], choices=("kfac", "ewc", "ekfac"))
     parser.add_argument("--max-frames", type=int, default=160, help="mel frames (12.5 ms) per utterance")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in the fine-tuning step's forward")
+    parser.add_argument("--compress-energy", type=float, default=0.9999,
+                        help="variant kfac-k: KFAC factors keeping this fraction of each trace (0: no such variant)")
     parser.add_argument("--tiny", action="store_true", help="StyleTTS 2's tiny build (checks the script quickly)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -93,6 +120,23 @@ def main() -> None:
                                         "plain_seconds_per_utterance": round(plain, 3),
                                         "ratio": round(seconds / plain, 2)}
         print(json.dumps({"estimation": method, **result["estimation"][method]}), flush=True)
+    if "kfac" in curvatures:
+        for method in set(curvatures) & {"kfac", "ewc"}:
+            floor = plain + floor_seconds(curvatures["kfac"], method, args.utterances, device)
+            result["estimation"][method].update(floor_seconds_per_utterance=round(floor, 3),
+                                                ratio_to_floor=round(result["estimation"][method]
+                                                                     ["seconds_per_utterance"] / floor, 2))
+        if args.compress_energy:
+            start = time.perf_counter()
+            curvatures["kfac-k"] = curvatures["kfac"].compress(energy=args.compress_energy)
+            widths = [(t["A_vals"].numel(), layer.shape[1]) for layer in curvatures["kfac-k"].layers.values()
+                      for t in layer.terms]
+            result["compressed"] = {"energy": args.compress_energy, "seconds": round(time.perf_counter() - start, 1),
+                                    "widest_input": max(n for _, n in widths),
+                                    "its_kept_rank": max(widths, key=lambda w: w[1])[0],
+                                    "kept_share_of_A_widths": round(sum(k for k, _ in widths)
+                                                                    / sum(n for _, n in widths), 4)}
+            print(json.dumps({"compressed": result["compressed"]}), flush=True)
     if "ekfac" not in curvatures:
         shapes = {n: tuple(t.weight().shape) for n, t in lora_targets(net).items()}
         curvatures["ekfac"] = placeholder_curvature(shapes, "ekfac")
@@ -102,7 +146,7 @@ def main() -> None:
 
     # fine-tuning steps, variants interleaved
     priors = {"none": None, "l2sp": LaplacePrior(kind="l2sp"),
-              **{m: LaplacePrior(curvatures[m]) for m in ("ewc", "kfac", "ekfac") if m in curvatures}}
+              **{m: LaplacePrior(curvatures[m]) for m in ("ewc", "kfac", "kfac-k", "ekfac") if m in curvatures}}
     variants = [v for v in VARIANTS if v in priors]
     optimizer = torch.optim.AdamW(lora, lr=1e-4)
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -121,15 +165,25 @@ def main() -> None:
             _sync(device)
             times[variant].append(time.perf_counter() - start)
         print(json.dumps({"round": round_ + 1, **{v: round(t[-1], 3) for v, t in times.items()}}), flush=True)
+    if "kfac-k" in priors:
+        with torch.no_grad():
+            dense, kept = priors["kfac"].penalty(net).item(), priors["kfac-k"].penalty(net).item()
+        result["compressed"]["penalty_relative_error"] = abs(kept - dense) / dense if dense else 0.0
     base = statistics.median(times["none"])
     for variant in variants:
         median = statistics.median(times[variant])
         result["step_seconds"][variant] = {"median": round(median, 4), "ratio": round(median / base, 3)}
 
     print(f"\nestimation ({args.utterances} utterances, {args.max_frames} mel frames each)")
-    print(f"{'method':<7} {'s/utt':>8} {'plain s/utt':>12} {'ratio':>6}")
+    print(f"{'method':<7} {'s/utt':>8} {'plain s/utt':>12} {'ratio':>6} {'floor s/utt':>12} {'vs floor':>9}")
     for method, r in result["estimation"].items():
-        print(f"{method:<7} {r['seconds_per_utterance']:>8} {r['plain_seconds_per_utterance']:>12} {r['ratio']:>6}")
+        print(f"{method:<7} {r['seconds_per_utterance']:>8} {r['plain_seconds_per_utterance']:>12} {r['ratio']:>6} "
+              f"{r.get('floor_seconds_per_utterance', '-'):>12} {r.get('ratio_to_floor', '-'):>9}")
+    if "compressed" in result:
+        c = result["compressed"]
+        print(f"\nkfac-k: {c['energy']:g} of each factor's trace kept, the widest input ({c['widest_input']}) as rank "
+              f"{c['its_kept_rank']}, {c['kept_share_of_A_widths']:.1%} of all input widths; penalty relative error "
+              f"{c.get('penalty_relative_error', float('nan')):.2e} (compress took {c['seconds']} s)")
     print(f"\nfine-tuning step (median of {args.steps}; amp {args.amp})")
     print(f"{'prior':<7} {'seconds':>8} {'vs plain LoRA':>14}")
     for variant, r in result["step_seconds"].items():
