@@ -10,9 +10,9 @@ resumes where it stopped. Full settings (the defaults): 100 training and 20 held
 held-out sentences for each scored built-in voice (jf_alpha, jm_kumo; --builtin adds the others), 30 steps,
 prior strengths 1, 10 and 100 (0.1 hardly moved any prior at the demo's sizes; at 10 KFAC's front still kept
 98 % of plain LoRA's gain at full size) and replay fractions 0.25, 0.5, seeds 0 and 1, the empirical Fisher:
-30 runs. Measured with ``--seeds 0`` on 2 idle CPU cores: 50 min 43 s
-(~9 min data, ~4 min per run, 11 runs; the table in docs/kokoro.md); both seeds ~95 min, a second Fisher adds
-12 runs (~50 min).
+30 runs. Measured on the 2-core machine: seed 0 at strengths 1 and 10 (11 runs) 50 min 43 s idle (~9 min
+data, ~4 min per run); 17 more runs (two of seed 1 were cached) 71 min 48 s with other work running (the
+table in docs/kokoro.md); a second Fisher adds 12 runs (~50 min).
 The demo's sizes with three seeds and both Fishers ran in 52 minutes (docs/kokoro.md, "Measured"):
 
     python benchmarks/forgetting_kokoro.py --train 16 --heldout 3 --builtin-sentences 2 --replay-sentences 2 \\
