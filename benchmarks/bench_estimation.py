@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--width", type=int, default=512, help="width of the Linear layers")
     args = parser.parse_args()
+    if args.width < 1:
+        parser.error(f"--width {args.width}: the Linear layers' width must be >= 1")
     torch.set_num_threads(args.threads)
     if args.mode:
         print(json.dumps(run(args.mode, args.width)))

@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    if not 0 <= args.compress_energy <= 1:
+        parser.error(f"--compress-energy {args.compress_energy}: a trace fraction in (0, 1], 0 for no kfac-k")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     setup = build(args.model, args.preset, args.utterances, args.max_frames, device=args.device, tiny=args.tiny)
@@ -121,7 +123,7 @@ def main() -> None:
                                         "ratio": round(seconds / plain, 2)}
         print(json.dumps({"estimation": method, **result["estimation"][method]}), flush=True)
     if "kfac" in curvatures:
-        for method in set(curvatures) & {"kfac", "ewc"}:
+        for method in [m for m in ("kfac", "ewc") if m in curvatures]:
             floor = plain + floor_seconds(curvatures["kfac"], method, args.utterances, device)
             result["estimation"][method].update(floor_seconds_per_utterance=round(floor, 3),
                                                 ratio_to_floor=round(result["estimation"][method]

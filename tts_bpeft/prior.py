@@ -148,7 +148,7 @@ class Diagonal(_StoredForm):
 def _cheaper_form(term: dict[str, Tensor]) -> dict[str, Tensor]:
     """`term` with every eigenbasis factor that keeps more than half of its ``d`` eigenpairs made dense (float32):
     its sandwich then costs ``d^2 r`` (`_SymmetricSandwich`) instead of ``2 d k r``, for at most twice the
-    memory of the eigenbasis. Truncated factors (``k <= d / 2``) stay eigenbases."""
+    memory of a float32 eigenbasis (four times a bf16 one). Truncated factors (``k <= d / 2``) stay eigenbases."""
     out = dict(term)
     for key in ("A", "G"):
         vecs = out.get(key + "_vecs")
