@@ -8,7 +8,8 @@ Estimation: seconds per utterance of `estimate_curvature` (each method) against 
 same per-utterance loss into the LoRA parameters (eval mode, the same utterances), and their ratio; and against
 its arithmetic floor: that plain pass plus the products no estimator can skip, timed on random tensors of each
 layer's real shapes (P = the layer's positions per utterance, counted by the KFAC estimate): KFAC ``a^T a``
-(P x in_flat) and ``g^T g`` (P x out), EWC the per-sample gradient ``g^T a``.
+(P x in_flat) and ``g^T g`` (P x out), EWC the per-sample gradient ``g^T a``; for a ConvTranspose1d ``a`` is
+taken per output phase (P/stride x in*taps: its patches are zero at the other taps).
 
 Fine-tuning step: forward and backward of the fine-tuning loss on one batch, the prior's penalty forward and
 backward, an AdamW step over the LoRA parameters. The variants (plain LoRA, L2-SP, EWC, KFAC, EKFAC) run in
@@ -52,21 +53,38 @@ def _lora_parameters(net) -> list[torch.nn.Parameter]:
     return [p for m in modules for n, p in m.named_parameters() if ".lora_" in f".{n}"]
 
 
-def floor_seconds(kfac: Curvature, method: str, utterances: int, device: torch.device) -> float:
+def _input_widths(target, rows: int) -> list[tuple[int, int]]:
+    """(rows, width) of the input blocks a layer's products must touch for `rows` positions: the full patches,
+    or for a ConvTranspose1d one block per output phase (its patches are zero at the taps a phase does not see,
+    `tts_bpeft.layers.conv_transpose1d_phases`)."""
+    n_in = target.weight().shape[1]
+    if target.kind != "conv_transpose1d":
+        return [(rows, n_in)]
+    conv = target.base_layer
+    k, stride, padding, dilation = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    taps = [sum((t0 + padding - j * dilation) % stride == 0 for j in range(k)) for t0 in range(stride)]
+    return [(max(1, round(rows / stride)), conv.in_channels * n) for n in taps if n]
+
+
+def floor_seconds(kfac: Curvature, targets: dict, method: str, utterances: int, device: torch.device) -> float:
     """Seconds per utterance of the products `method`'s estimation cannot skip, on random float32 tensors of
     each layer's shapes with ``P = tokens / utterances`` rows (`kfac`'s token counts): KFAC ``a^T a`` and
-    ``g^T g``, EWC ``g^T a``."""
+    ``g^T g``, EWC ``g^T a`` (``a`` per output phase for a ConvTranspose1d, `_input_widths`)."""
     total = 0.0
-    for layer in kfac.layers.values():
-        n_out, n_in = layer.shape
+    for name, layer in kfac.layers.items():
+        n_out = layer.shape[0]
         rows = max(1, round(sum(layer.tokens) / utterances))
-        a, g = torch.randn(rows, n_in, device=device), torch.randn(rows, n_out, device=device)
+        blocks = [torch.randn(n, width, device=device) for n, width in _input_widths(targets[name], rows)]
+        g = torch.randn(rows, n_out, device=device)
         _sync(device)
         start = time.perf_counter()
         if method == "kfac":
-            a.T @ a, g.T @ g
+            g.T @ g
+            for a in blocks:
+                a.T @ a
         else:
-            g.T @ a
+            for a in blocks:
+                g[:a.shape[0]].T @ a
         _sync(device)
         total += time.perf_counter() - start
     return total
@@ -124,7 +142,7 @@ def main() -> None:
         print(json.dumps({"estimation": method, **result["estimation"][method]}), flush=True)
     if "kfac" in curvatures:
         for method in [m for m in ("kfac", "ewc") if m in curvatures]:
-            floor = plain + floor_seconds(curvatures["kfac"], method, args.utterances, device)
+            floor = plain + floor_seconds(curvatures["kfac"], lora_targets(net), method, args.utterances, device)
             result["estimation"][method].update(floor_seconds_per_utterance=round(floor, 3),
                                                 ratio_to_floor=round(result["estimation"][method]
                                                                      ["seconds_per_utterance"] / floor, 2))

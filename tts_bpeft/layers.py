@@ -15,15 +15,18 @@ kind                      stored weight   matrix view ``W`` (out, in_flat)      
 ``lstm`` ``weight_hh_l*``  (4H, H)         ``W``                                  time steps (input h_{t-1})
 ========================  ==============  =====================================  ==========================
 
-For both convolutions the flat input index is ``i * k + j`` (input channel ``i``, kernel tap ``j``), so the
-patch of a frame is built by a convolution with a one-hot kernel: it honours every stride, padding,
-dilation and output padding the layer has, with no index arithmetic of our own.
+For both convolutions the flat input index is ``i * k + j`` (input channel ``i``, kernel tap ``j``). A Conv1d's
+patches are a strided window view of its padded input; a ConvTranspose1d's are built phase by phase (the output
+frames ``t = t0 (mod stride)`` see every ``stride / gcd(stride, dilation)``-th tap only), which is also how the
+curvature estimators take their products from them (`tts_bpeft.curvature.calls`).
 
 torch's row-major ``W.flatten()`` of this matrix is the vec convention of the whole package: with it, a
 Kronecker-factored Fisher block is ``kron(G, A)`` (G: out x out, A: in_flat x in_flat).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -101,38 +104,79 @@ def matrix_to_weight(kind: str, matrix: Tensor, shape: torch.Size) -> Tensor:
     raise ValueError(f"unknown layer kind {kind!r}; expected one of {KINDS}")
 
 
-def _one_hot_kernel(n_in: int, k: int, like: Tensor) -> Tensor:
-    """E (in*k, 1, k) with E[i*k + j, 0, j] = 1: a grouped convolution with it (``groups=in``) copies each patch
-    into channels, ``O(L in k)`` work (a dense (in*k, in, k) kernel would cost as much as a Gram matrix)."""
-    eye = torch.eye(k, dtype=like.dtype, device=like.device)
-    return eye.repeat(n_in, 1).unsqueeze(1)
+def _scaled_copy(view: Tensor, row_scale: Tensor | None) -> Tensor:
+    """`view` (B, P, ...) as a new contiguous tensor, each row ``[b, p]`` times ``row_scale[b, p]`` (one pass)."""
+    out = torch.empty(view.shape, dtype=view.dtype, device=view.device)
+    if row_scale is None:
+        return out.copy_(view)
+    return torch.mul(view, row_scale.reshape(*row_scale.shape, *[1] * (view.dim() - 2)).to(view.dtype), out=out)
 
 
-def conv1d_patches(conv: nn.Conv1d, x: Tensor) -> Tensor:
-    """Normal form of a Conv1d input: patches ``(B, L_out, in*k)`` with index ``i*k + j``.
+def conv1d_patches(conv: nn.Conv1d, x: Tensor, row_scale: Tensor | None = None) -> Tensor:
+    """Normal form of a Conv1d input: patches ``(B, L_out, in*k)`` with index ``i*k + j``, contiguous.
 
-    `x` is the layer input ``(B, in, L)``; ``conv(x)[b, :, t] = W.reshape(out, -1) @ patches[b, t]``.
+    `x` is the layer input ``(B, in, L)``; ``conv(x)[b, :, t] = W.reshape(out, -1) @ patches[b, t]``. The patches
+    are one copy of a strided window view of the padded input (any padding mode, stride and dilation);
+    `row_scale` ``(B, L_out)``, if given, multiplies each patch in that copy (a mask costs nothing extra).
     """
-    k = conv.kernel_size[0]
-    kernel = _one_hot_kernel(conv.in_channels, k, x)
-    padding = conv.padding
-    if conv.padding_mode != "zeros":
-        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
-        padding = 0
-    patches = F.conv1d(x, kernel, None, conv.stride, padding, conv.dilation, groups=conv.in_channels)
-    return patches.transpose(1, 2)
+    k, stride, dilation = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+    windows = x.unfold(-1, dilation * (k - 1) + 1, stride)[..., ::dilation]  # (B, in, L_out, k), a view
+    return _scaled_copy(windows.permute(0, 2, 1, 3), row_scale).flatten(2)
 
 
-def conv_transpose1d_patches(conv: nn.ConvTranspose1d, x: Tensor, out_length: int) -> Tensor:
+def conv_transpose1d_output_padding(conv: nn.ConvTranspose1d, in_length: int, out_length: int) -> int:
+    """The output padding of a call that turned `in_length` input frames into `out_length` output frames (a
+    call with ``output_size`` chooses it per call)."""
+    k, stride, padding, dilation = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    return out_length - ((in_length - 1) * stride - 2 * padding + dilation * (k - 1) + 1)
+
+
+def conv_transpose1d_phases(conv: nn.ConvTranspose1d, x: Tensor, out_length: int,
+                            row_scale: Tensor | None = None) -> list[tuple[slice, slice, Tensor]]:
+    """A ConvTranspose1d input in the normal form, phase by phase: only the non-zero part of its patches.
+
+    Input frame ``l`` reaches output frame ``t = l*stride - padding + j*dilation`` through tap ``j``. So the
+    output frames of one phase, ``t = t0, t0 + stride, ...``, see only the taps with ``(t0 + padding -
+    j*dilation) % stride == 0``: every ``stride / gcd(stride, dilation)``-th tap from the first such ``j0``. Their
+    patches are zero at every other tap, and a Gram matrix or product of the phases' patches is that factor
+    squared (or that factor) cheaper than one of the full patches.
+
+    Returns ``(frames, taps, patches)`` for each phase with at least one tap: ``frames = slice(t0, out_length,
+    stride)``, ``taps = slice(j0, k, step)`` and ``patches`` ``(B, #frames, in, #taps)``, contiguous, with
+    ``patches[b, q, i, n] = x[b, i, l]`` for the q-th frame ``t`` and the n-th tap ``j``, ``l = (t + padding -
+    j*dilation) / stride`` (0 where ``l`` is outside the input), times ``row_scale[b, t]`` if given.
+    """
+    k, stride, padding, dilation = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    length = x.shape[-1]
+    padded = F.pad(x, (0, 1))  # frame `length` is a zero: out-of-range frames read it
+    step = stride // math.gcd(stride, dilation)
+    phases = []
+    for t0 in range(min(stride, out_length)):
+        taps = [j for j in range(k) if (t0 + padding - j * dilation) % stride == 0]
+        if not taps:
+            continue
+        frames = torch.arange(t0, out_length, stride, device=x.device)
+        offsets = torch.tensor(taps, device=x.device) * dilation - padding
+        source = (frames[:, None] - offsets[None, :]) // stride  # exact: the division has no remainder
+        source = source.masked_fill((source < 0) | (source >= length), length)
+        scale = None if row_scale is None else row_scale[:, t0::stride]
+        gathered = padded[..., source]  # (B, in, #frames, #taps)
+        phases.append((slice(t0, out_length, stride), slice(taps[0], k, step),
+                       _scaled_copy(gathered.permute(0, 2, 1, 3), scale)))
+    return phases
+
+
+def conv_transpose1d_patches(conv: nn.ConvTranspose1d, x: Tensor, out_length: int,
+                             row_scale: Tensor | None = None) -> Tensor:
     """Normal form of a ConvTranspose1d input: ``(B, L_out, in*k)`` with index ``i*k + j``.
 
     `x` is the layer input ``(B, in, L)`` and `out_length` the length of the layer's output (it fixes the
-    output padding). ``conv(x)[b, :, t] = W.permute(1, 0, 2).reshape(out, -1) @ patches[b, t]``.
+    output padding). ``conv(x)[b, :, t] = W.permute(1, 0, 2).reshape(out, -1) @ patches[b, t]``. Assembled from
+    `conv_transpose1d_phases` (zero at the taps a frame does not see); `row_scale` as there.
     """
-    k = conv.kernel_size[0]
-    n_in = conv.in_channels
-    kernel = _one_hot_kernel(n_in, k, x).reshape(n_in, k, k)  # groups=in: E[i, j, j] = 1 -> channel i*k + j
-    stride, padding, dilation = conv.stride[0], conv.padding[0], conv.dilation[0]
-    default_length = (x.shape[-1] - 1) * stride - 2 * padding + dilation * (k - 1) + 1
-    patches = F.conv_transpose1d(x, kernel, None, stride, padding, out_length - default_length, n_in, dilation)
-    return patches.transpose(1, 2)
+    patches = x.new_zeros(x.shape[0], out_length, conv.in_channels, conv.kernel_size[0])
+    for frames, taps, phase in conv_transpose1d_phases(conv, x, out_length, row_scale):
+        patches[:, frames, :, taps] = phase
+    return patches.flatten(2)

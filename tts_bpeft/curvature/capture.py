@@ -1,9 +1,10 @@
 """Hooks that see every targeted layer call in the normal form and accumulate curvature statistics.
 
-For each call of a targeted layer a forward hook turns the layer input into ``a`` (B, P, in_flat) (see
-`tts_bpeft.layers`) and registers a hook on *that call's output tensor*, which later receives
-``dL/d output`` and turns it into ``g`` (B, P, out). Statistics are added only when the gradient arrives,
-pairing each gradient with the input of the same call. So a forward without a backward (a no-grad pass,
+For each call of a targeted layer a forward hook keeps the call (`tts_bpeft.curvature.calls`: the input rows
+``a`` (B, P, in_flat) of a Linear or LSTM, the raw input of a convolution, whose patches are built only when
+needed) and registers a hook on *that call's output tensor*, which later receives ``dL/d output`` and turns it
+into ``g`` (B, P, out). Statistics are added only when the gradient arrives, pairing each gradient with the
+input of the same call. So a forward without a backward (a no-grad pass,
 the first pass of a checkpointed block, an evaluation pass) adds nothing, and a checkpointed block that
 is recomputed during backward is counted once. Hooks attach to the wrapped base layer, so they see the
 effective weight (weight norm and spectral norm included).
@@ -23,8 +24,9 @@ Sums are kept in `statistics_dtype` (at least float32) and updated in place: a G
 one ``addmm_`` (one pass over the sum, no temporary, no conversion), and the first value of a sum starts it (no
 zero-filled pass); `tts_bpeft.curvature.estimate` turns them into means. Float32 running sums stay within
 1.4e-6 (relative Frobenius norm) of float64 sums over 10000 calls (`tests/curvature/test_curvature_accumulation.py`),
-cost half their memory and no conversion per call (float64 sums and a dense one-hot unfolding kept the StyleTTS 2
-tiny `design` estimation at 2.5x its arithmetic floor, now 1.12x; docs/curvature.md). Every product is taken with
+cost half their memory and no conversion per call. A ConvTranspose1d's Gram matrix is summed phase by phase and
+convolutions' per-sample gradients come from the weight-gradient kernel (`calls`; measured against the arithmetic
+floor in docs/curvature.md). Every product is taken with
 autocast switched off, whatever autocast the model runs under (bf16 inputs and gradients are cast up first), and
 nothing is read back to the host while accumulating: token counts stay tensors on the layer's device until
 `LayerStatistics.token_count`, and inactive positions are masked, not removed.
@@ -38,8 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..layers import conv1d_patches, conv_transpose1d_patches
 from ..lora.targets import LoraTarget
+from .calls import Conv1dCall, ConvTranspose1dCall, LayerCall, RowsCall, add_gram
 from .lstm import unrolled_lstm
 from .options import CurvatureMethod, KfacApprox
 
@@ -72,14 +74,12 @@ class LayerStatistics:
         else:
             current.add_(value.detach())
 
-    def add_gram(self, name: str, rows: Tensor) -> None:
-        """``sum += rows^T rows`` for `rows` (N, width), in place (one ``addmm_``)."""
-        rows = rows.detach()
-        current = getattr(self, name)
-        if current is None:
-            setattr(self, name, rows.T @ rows)
+    def add_per_sample_gradients(self, grads: Tensor) -> None:
+        """Add one call's per-sample gradients (B, out, in_flat) to this backward pass's (EWC, EKFAC)."""
+        if self.per_sample_grad is None:
+            self.per_sample_grad = grads
         else:
-            current.addmm_(rows.T, rows)
+            self.per_sample_grad.add_(grads)
 
     def token_count(self) -> int:
         """The number of counted positions (reads a device count back to the host once)."""
@@ -142,20 +142,18 @@ class CurvatureCapture:
         self._lstm_names.clear()
 
     def _hook_for(self, target: LoraTarget):
+        dtype = self.dtypes[target.name]
+
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            x = args[0]
+            x = args[0].detach().to(dtype)
             if target.kind == "linear":
                 a = x.reshape(x.shape[0] if x.dim() > 1 else 1, -1, x.shape[-1])
-                self.record(target.name, a, output, lambda g, n=a.shape[0]: g.reshape(n, -1, g.shape[-1]))
+                self.record(target.name, RowsCall(a), output, lambda g, n=a.shape[0]: g.reshape(n, -1, g.shape[-1]))
                 return
             batched = x.dim() == 3
-            x = x if batched else x.unsqueeze(0)
-            if target.kind == "conv1d":
-                a = conv1d_patches(module, x)
-            else:
-                a = conv_transpose1d_patches(module, x, output.shape[-1])
-            self.record(target.name, a, output,
-                        lambda g: (g if batched else g.unsqueeze(0)).transpose(1, 2))
+            call = (Conv1dCall if target.kind == "conv1d" else ConvTranspose1dCall)(
+                module, x if batched else x.unsqueeze(0), output.shape[-1])
+            self.record(target.name, call, output, lambda g: (g if batched else g.unsqueeze(0)).transpose(1, 2))
         return hook
 
     def _lstm_forward(self, lstm: nn.LSTM):
@@ -164,67 +162,64 @@ class CurvatureCapture:
         def forward(input, hx=None):
             def record(param: str, a: Tensor, xi: Tensor) -> None:
                 if param in names:
-                    self.record(names[param], a, xi, lambda g: g)
+                    self.record(names[param], RowsCall(a.detach().to(self.dtypes[names[param]])), xi, lambda g: g)
             return unrolled_lstm(lstm, input, hx, record)
         return forward
 
     # -- accumulating ------------------------------------------------------------------------------
-    def record(self, name: str, a: Tensor, output: Tensor, to_normal) -> None:
-        """Register the statistics of one layer call: `a` (B, P, in_flat) now, g when it arrives."""
+    def record(self, name: str, call: LayerCall, output: Tensor, to_normal) -> None:
+        """Register the statistics of one layer call: its input (`call`) now, g (B, P, out) when it arrives."""
         if not (torch.is_grad_enabled() and output.requires_grad):
             return
         dtype = self.dtypes[name]
-        a = a.detach().to(dtype)
         first = [True]  # the inputs are counted once per call, however many backward passes (MC draws)
 
         def on_gradient(grad: Tensor) -> None:
             # a backward pass run inside an autocast region runs its hooks there too: the products are fp32
             with torch.autocast(grad.device.type, enabled=False):
-                self._accumulate(name, a, to_normal(grad.detach()).to(dtype), first[0])
+                self._accumulate(name, call, to_normal(grad.detach()).to(dtype), first[0])
             first[0] = False
         output.register_hook(on_gradient)
 
-    def _by_sample(self, name: str, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-        """`a`, `g` with the sample index first. A linear layer called on a flattened batch ((B*T, in): rows
+    def _by_sample(self, name: str, call: LayerCall, g: Tensor) -> tuple[LayerCall, Tensor]:
+        """`call`, `g` with the sample index first. A linear layer called on a flattened batch ((B*T, in): rows
         sample-major, as transformer MLPs do) is seen as (B*T, 1, in) and is regrouped to (B, T, in)."""
         B = self._batch_size
-        if B is None or a.shape[0] == B:
-            return a, g
-        if a.shape[1] == 1 and a.shape[0] % B == 0:
-            return a.reshape(B, -1, a.shape[-1]), g.reshape(B, -1, g.shape[-1])
-        raise ValueError(f"layer {name!r} saw a leading dimension of {a.shape[0]} but the batch has "
+        if B is None or call.batch == B:
+            return call, g
+        if isinstance(call, RowsCall) and call.a.shape[1] == 1 and call.batch % B == 0:
+            return call.regrouped(B), g.reshape(B, -1, g.shape[-1])
+        raise ValueError(f"layer {name!r} saw a leading dimension of {call.batch} but the batch has "
                          f"{B} samples; {self.method}"
                          f"{'/' + self.kfac_approx if self.method == 'kfac' else ''} needs the sample index "
                          "first in every targeted layer's input (or a sample-major flattened batch)")
 
-    def _accumulate(self, name: str, a: Tensor, g: Tensor, first: bool) -> None:
+    def _accumulate(self, name: str, call: LayerCall, g: Tensor, first: bool) -> None:
         stats = self.stats[name]
-        if self.method in ("ewc", "ekfac"):
-            a, g = self._by_sample(name, a, g)
-            if self.method == "ekfac":
-                Q_A, Q_G = self.bases[name]
-                a, g = a @ Q_A, g @ Q_G
-            grad = torch.einsum("bpo,bpi->boi", g, a)
-            if stats.per_sample_grad is None:
-                stats.per_sample_grad = grad
-            else:
-                stats.per_sample_grad.add_(grad)
+        if self.method == "ewc":
+            call, g = self._by_sample(name, call, g)
+            stats.add_per_sample_gradients(call.per_sample_gradients(g))
+            return
+        if self.method == "ekfac":
+            call, g = self._by_sample(name, call, g)
+            Q_A, Q_G = self.bases[name]
+            stats.add_per_sample_gradients(torch.einsum("bpo,bpi->boi", g @ Q_G, call.patches() @ Q_A))
             return
         if self.kfac_approx == "expand":
             if first:
                 active = (g != 0).any(-1)  # (B, P); masked rather than indexed: no host sync
-                stats.add_gram("A_sum", (a * active[..., None]).reshape(-1, a.shape[-1]))
+                stats.A_sum = call.add_gram(stats.A_sum, active)
                 stats.tokens = stats.tokens + active.sum()
-            stats.add_gram("G_sum", g.reshape(-1, g.shape[-1]))
+            stats.G_sum = add_gram(stats.G_sum, g.reshape(-1, g.shape[-1]))
             return
-        a, g = self._by_sample(name, a, g)
+        call, g = self._by_sample(name, call, g)
         if first:
             active = (g != 0).any(-1)
             count = active.sum(1)  # a sample without active positions has a zero mean: it adds nothing to A_sum
-            a_mean = (a * active[..., None]).sum(1) / count.clamp(min=1)[:, None]
-            stats.add_gram("A_sum", a_mean)
+            a_mean = call.patches(active).sum(1) / count.clamp(min=1)[:, None]
+            stats.A_sum = add_gram(stats.A_sum, a_mean)
             stats.tokens = stats.tokens + (count > 0).sum()
-        stats.add_gram("G_sum", g.sum(1))
+        stats.G_sum = add_gram(stats.G_sum, g.sum(1))
 
     def begin_backward(self, batch_size: int) -> None:
         self._batch_size = batch_size

@@ -1,0 +1,144 @@
+"""The products the curvature estimators take from a convolution call, against references from the definitions.
+
+`tts_bpeft.curvature.calls` never builds a ConvTranspose1d's full patches for its Gram matrix (it adds per-phase
+Gram matrices into their tap blocks) and takes per-sample gradients from the weight-gradient kernel. Each is
+checked here against: patches by explicit indexing (`curv_helpers`), the dense Gram matrix of the masked
+patches, and per-sample weight gradients from `torch.func` on the layer's own forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from curv_helpers import conv1d_patches_loop, conv_transpose1d_patches_loop
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from tts_bpeft.curvature.calls import Conv1dCall, ConvTranspose1dCall, RowsCall
+from tts_bpeft.layers import weight_to_matrix
+
+# (in, out, k, stride, padding, dilation, L, output_size): the Kokoro / StyleTTS 2 upsampling (k = 2 stride), a
+# kernel shorter than its stride (phases without taps), padding beyond the kernel's reach, stride and dilation
+# sharing a factor, and a call that picks its output padding through output_size.
+CONV_T = {
+    "upsample_k20_s10": (3, 2, 20, 10, 5, 1, 4, None),
+    "k_below_stride": (2, 3, 3, 5, 1, 1, 5, None),
+    "padding_beyond_kernel": (2, 2, 3, 2, 4, 1, 9, None),
+    "stride4_dil2": (2, 3, 5, 4, 3, 2, 6, None),
+    "output_size": (2, 2, 4, 3, 1, 1, 5, 16),
+}
+CONV = {
+    "stride2_pad1": (3, 2, 3, 2, 1, 1, 11),
+    "dil3_pad4": (2, 3, 3, 1, 4, 3, 9),
+    "stride3_dil2_pad0": (2, 2, 4, 3, 0, 2, 16),
+}
+
+
+def _conv_t(case: str) -> tuple[nn.ConvTranspose1d, Tensor, int]:
+    n_in, n_out, k, stride, padding, dilation, length, output_size = CONV_T[case]
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose1d(n_in, n_out, k, stride, padding, dilation=dilation).double()
+    x = torch.randn(3, n_in, length, dtype=torch.float64)
+    out_length = conv(x, output_size=[output_size] if output_size else None).shape[-1]
+    return conv, x, out_length
+
+
+def _conv(case: str) -> tuple[nn.Conv1d, Tensor, int]:
+    n_in, n_out, k, stride, padding, dilation, length = CONV[case]
+    torch.manual_seed(0)
+    conv = nn.Conv1d(n_in, n_out, k, stride, padding, dilation).double()
+    x = torch.randn(3, n_in, length, dtype=torch.float64)
+    return conv, x, conv(x).shape[-1]
+
+
+def _mask(batch: int, length: int) -> Tensor:
+    """Ragged lengths (the last sample one frame long), as padded batches have."""
+    lengths = torch.tensor([length, max(1, length - 3), 1])[:batch]
+    return (torch.arange(length)[None, :] < lengths[:, None]).double()
+
+
+def _per_sample_weight_gradients(conv: nn.Module, x: Tensor, g: Tensor, out_length: int, kind: str) -> Tensor:
+    """d/dW sum_t <g[b, t], conv(x_b)[:, t]> for each sample b alone, by torch.func on the layer's forward."""
+    kwargs = {"output_size": [out_length]} if kind == "conv_transpose1d" else {}
+
+    def pairing(weight: Tensor, x_b: Tensor, g_b: Tensor) -> Tensor:
+        y = functional_call(conv, {"weight": weight, "bias": conv.bias}, (x_b[None],), kwargs)
+        return (y[0] * g_b.T).sum()
+
+    grads = vmap(grad(pairing), in_dims=(None, 0, 0))(conv.weight.detach(), x, g)
+    return torch.stack([weight_to_matrix(kind, w) for w in grads])
+
+
+@pytest.mark.parametrize("case", list(CONV_T))
+def test_conv_transpose_call_matches_definitions(case):
+    conv, x, out_length = _conv_t(case)
+    n_in, _, k, stride, padding, dilation, _, _ = CONV_T[case]
+    call = ConvTranspose1dCall(conv, x, out_length)
+    mask = _mask(x.shape[0], out_length)
+    reference = conv_transpose1d_patches_loop(x, k, stride, padding, dilation, out_length) * mask[..., None]
+
+    torch.testing.assert_close(call.patches(mask), reference, rtol=0, atol=0)
+    rows = reference.reshape(-1, n_in * k)
+    torch.testing.assert_close(call.add_gram(None, mask), rows.T @ rows, rtol=1e-12, atol=1e-12)
+
+    g = torch.randn(x.shape[0], out_length, conv.out_channels, dtype=x.dtype)
+    torch.testing.assert_close(call.per_sample_gradients(g),
+                               _per_sample_weight_gradients(conv, x, g, out_length, "conv_transpose1d"))
+
+
+@pytest.mark.parametrize("case", list(CONV))
+def test_conv_call_matches_definitions(case):
+    conv, x, out_length = _conv(case)
+    n_in, _, k, stride, padding, dilation, _ = CONV[case]
+    call = Conv1dCall(conv, x, out_length)
+    mask = _mask(x.shape[0], out_length)
+    reference = conv1d_patches_loop(x, k, stride, padding, dilation) * mask[..., None]
+
+    torch.testing.assert_close(call.patches(mask), reference, rtol=0, atol=0)
+    rows = reference.reshape(-1, n_in * k)
+    torch.testing.assert_close(call.add_gram(None, mask), rows.T @ rows, rtol=1e-12, atol=1e-12)
+
+    g = torch.randn(x.shape[0], out_length, conv.out_channels, dtype=x.dtype)
+    torch.testing.assert_close(call.per_sample_gradients(g),
+                               _per_sample_weight_gradients(conv, x, g, out_length, "conv1d"))
+
+
+def test_reflect_padded_conv_per_sample_gradients():
+    """A reflect-padded Conv1d (StyleTTS 2's iSTFTNet blocks) pads before the kernel; the gradient sees that."""
+    torch.manual_seed(1)
+    conv = nn.Conv1d(2, 3, 3, padding=2, dilation=2, padding_mode="reflect").double()
+    x = torch.randn(2, 2, 8, dtype=torch.float64)
+    out_length = conv(x).shape[-1]
+    g = torch.randn(2, out_length, 3, dtype=x.dtype)
+    call = Conv1dCall(conv, x, out_length)
+    patches = call.patches()
+    torch.testing.assert_close(call.per_sample_gradients(g), torch.einsum("bto,bti->boi", g, patches))
+    torch.testing.assert_close(call.per_sample_gradients(g),
+                               _per_sample_weight_gradients(conv, x, g, out_length, "conv1d"))
+
+
+def test_gram_accumulates_in_place():
+    """A second call adds into the first call's sum, the same tensor, as one Gram of both calls' rows would."""
+    conv, x, out_length = _conv_t("upsample_k20_s10")
+    first, second = x[:2], x[2:]
+    mask_first, mask_second = _mask(2, out_length), torch.ones(1, out_length, dtype=x.dtype)
+    total = ConvTranspose1dCall(conv, first, out_length).add_gram(None, mask_first)
+    same = ConvTranspose1dCall(conv, second, out_length).add_gram(total, mask_second)
+    assert same is total
+    rows = torch.cat([ConvTranspose1dCall(conv, first, out_length).patches(mask_first),
+                      ConvTranspose1dCall(conv, second, out_length).patches(mask_second)]).flatten(0, 1)
+    torch.testing.assert_close(total, rows.T @ rows, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_call_regrouped_per_sample():
+    """An LSTM's flattened (B*T, 1, in) rows regroup sample-major, and per-sample gradients sum each sample's rows."""
+    torch.manual_seed(2)
+    a = torch.randn(2 * 4, 1, 3, dtype=torch.float64)
+    g = torch.randn(2, 4, 5, dtype=torch.float64)
+    call = RowsCall(a).regrouped(2)
+    assert call.batch == 2
+    expected = torch.stack([sum(torch.outer(g[b, t], a[b * 4 + t, 0]) for t in range(4)) for b in range(2)])
+    torch.testing.assert_close(call.per_sample_gradients(g), expected)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    kept = a.reshape(2, 4, 3)[mask.bool()]
+    torch.testing.assert_close(call.add_gram(None, mask), kept.T @ kept)
