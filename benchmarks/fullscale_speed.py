@@ -9,7 +9,9 @@ same per-utterance loss into the LoRA parameters (eval mode, the same utterances
 its arithmetic floor: that plain pass plus the products no estimator can skip, timed on random tensors of each
 layer's real shapes (P = the layer's positions per utterance, counted by the KFAC estimate): KFAC ``a^T a``
 (P x in_flat) and ``g^T g`` (P x out), EWC the per-sample gradient ``g^T a``; for a ConvTranspose1d ``a`` is
-taken per output phase (P/stride x in*taps: its patches are zero at the other taps).
+taken per output phase (P/stride x in*taps: its patches are zero at the other taps). Medians of
+``--estimation-rounds`` rounds, the plain pass and each method in turn, after one untimed plain pass (a single
+cold measurement flattered the estimation: the plain pass then carried the first-call allocations).
 
 Fine-tuning step: forward and backward of the fine-tuning loss on one batch, the prior's penalty forward and
 backward, an AdamW step over the LoRA parameters. The variants (plain LoRA, L2-SP, EWC, KFAC, EKFAC) run in
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3, help="rounds of fine-tuning steps (each variant once a round)")
     parser.add_argument("--utterances", type=int, default=2, help="utterances of the estimation")
+    parser.add_argument("--estimation-rounds", type=int, default=3,
+                        help="rounds of the plain pass and each estimation in turn (medians)")
     parser.add_argument("--methods", nargs="+", default=["kfac", "ewc"], choices=("kfac", "ewc", "ekfac"))
     parser.add_argument("--max-frames", type=int, default=160, help="mel frames (12.5 ms) per utterance")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in the fine-tuning step's forward")
@@ -108,6 +112,9 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.compress_energy <= 1:
         parser.error(f"--compress-energy {args.compress_energy}: a trace fraction in (0, 1], 0 for no kfac-k")
+    for option in ("steps", "estimation_rounds", "utterances"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} {getattr(args, option)}: at least 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     setup = build(args.model, args.preset, args.utterances, args.max_frames, device=args.device, tiny=args.tiny)
@@ -119,33 +126,44 @@ def main() -> None:
     print(f"{setup.description}; preset {args.preset}, {result['matrices']} adapted weight matrices; {device}",
           flush=True)
 
-    # estimation vs plain forward + backward, per utterance
-    _sync(device)
-    start = time.perf_counter()
-    for batch in setup.curvature_batches:
+    # estimation vs plain forward + backward, per utterance: rounds of the plain pass and each method in turn
+    # (medians), after one untimed plain pass (first-call allocations)
+    def plain_pass(batch) -> None:
         out = setup.loss_fn(net, batch)
         loss = out if isinstance(out, torch.Tensor) else sum(t.sampled_nll() for t in out)
         torch.autograd.grad(loss.sum(), lora, allow_unused=True)
-    _sync(device)
-    plain = (time.perf_counter() - start) / args.utterances
-    curvatures = {}
-    for method in args.methods:
+
+    def timed(run) -> float:
         _sync(device)
         start = time.perf_counter()
-        curvatures[method] = estimate_curvature(net, setup.curvature_batches, setup.loss_fn, method=method,
-                                                fisher=setup.fisher, progress=False)
+        run()
         _sync(device)
-        seconds = (time.perf_counter() - start) / args.utterances
-        result["estimation"][method] = {"seconds_per_utterance": round(seconds, 3),
+        return (time.perf_counter() - start) / args.utterances
+
+    plain_pass(setup.curvature_batches[0])
+    curvatures: dict[str, Curvature] = {}
+    seconds: dict[str, list[float]] = {"plain": [], **{m: [] for m in args.methods}}
+    for round_ in range(args.estimation_rounds):
+        seconds["plain"].append(timed(lambda: [plain_pass(batch) for batch in setup.curvature_batches]))
+        for method in args.methods:
+            seconds[method].append(timed(lambda: curvatures.__setitem__(method, estimate_curvature(
+                net, setup.curvature_batches, setup.loss_fn, method=method, fisher=setup.fisher, progress=False))))
+        print(json.dumps({"estimation_round": round_ + 1, **{k: round(v[-1], 3) for k, v in seconds.items()}}),
+              flush=True)
+    plain = statistics.median(seconds["plain"])
+    for method in args.methods:
+        median = statistics.median(seconds[method])
+        result["estimation"][method] = {"seconds_per_utterance": round(median, 3),
                                         "plain_seconds_per_utterance": round(plain, 3),
-                                        "ratio": round(seconds / plain, 2)}
-        print(json.dumps({"estimation": method, **result["estimation"][method]}), flush=True)
+                                        "ratio": round(median / plain, 2)}
     if "kfac" in curvatures:
         for method in [m for m in ("kfac", "ewc") if m in curvatures]:
-            floor = plain + floor_seconds(curvatures["kfac"], lora_targets(net), method, args.utterances, device)
-            result["estimation"][method].update(floor_seconds_per_utterance=round(floor, 3),
+            products = statistics.median(floor_seconds(curvatures["kfac"], lora_targets(net), method,
+                                                       args.utterances, device)
+                                         for _ in range(args.estimation_rounds))
+            result["estimation"][method].update(floor_seconds_per_utterance=round(plain + products, 3),
                                                 ratio_to_floor=round(result["estimation"][method]
-                                                                     ["seconds_per_utterance"] / floor, 2))
+                                                                     ["seconds_per_utterance"] / (plain + products), 2))
         if args.compress_energy:
             start = time.perf_counter()
             curvatures["kfac-k"] = curvatures["kfac"].compress(energy=args.compress_energy)
