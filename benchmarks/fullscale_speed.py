@@ -133,10 +133,14 @@ def main() -> None:
         loss = out if isinstance(out, torch.Tensor) else sum(t.sampled_nll() for t in out)
         torch.autograd.grad(loss.sum(), lora, allow_unused=True)
 
-    def timed(run) -> float:
+    def estimate(method: str) -> None:
+        curvatures[method] = estimate_curvature(net, setup.curvature_batches, setup.loss_fn, method=method,
+                                                fisher=setup.fisher, progress=False)
+
+    def timed(run, *run_args) -> float:
         _sync(device)
         start = time.perf_counter()
-        run()
+        run(*run_args)
         _sync(device)
         return (time.perf_counter() - start) / args.utterances
 
@@ -146,8 +150,7 @@ def main() -> None:
     for round_ in range(args.estimation_rounds):
         seconds["plain"].append(timed(lambda: [plain_pass(batch) for batch in setup.curvature_batches]))
         for method in args.methods:
-            seconds[method].append(timed(lambda: curvatures.__setitem__(method, estimate_curvature(
-                net, setup.curvature_batches, setup.loss_fn, method=method, fisher=setup.fisher, progress=False))))
+            seconds[method].append(timed(estimate, method))
         print(json.dumps({"estimation_round": round_ + 1, **{k: round(v[-1], 3) for k, v in seconds.items()}}),
               flush=True)
     plain = statistics.median(seconds["plain"])
