@@ -15,8 +15,8 @@ cold measurement flattered the estimation: the plain pass then carried the first
 
 Fine-tuning step: forward and backward of the fine-tuning loss on one batch, the prior's penalty forward and
 backward, an AdamW step over the LoRA parameters. The variants (plain LoRA, L2-SP, EWC, KFAC, EKFAC) run in
-turn, round after round, so that machine load affects all alike; medians per variant and their ratio to
-plain LoRA. KFAC and EWC use the estimates just made; EKFAC uses its estimate when ``ekfac`` is among
+turn, round after round (after one untimed round), so that machine load affects all alike; medians per variant
+and their ratio to plain LoRA. KFAC and EWC use the estimates just made; EKFAC uses its estimate when ``ekfac`` is among
 ``--methods``, else factors of its shapes (identity bases, unit scales: the penalty's cost depends on the
 shapes only). ``kfac-k``: the KFAC estimate eigen-truncated to ``--compress-energy`` of each factor's trace
 (`Curvature.compress`; the penalty's products are then k-wide), with its penalty's relative error against the
@@ -192,7 +192,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(lora, lr=1e-4)
     times: dict[str, list[float]] = {v: [] for v in variants}
     item = setup.train_items[0]
-    for round_ in range(args.steps):
+    for round_ in range(args.steps + 1):  # round 0 untimed: first-call allocations of each variant
         for variant in variants:
             _sync(device)
             start = time.perf_counter()
@@ -204,8 +204,10 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
-            times[variant].append(time.perf_counter() - start)
-        print(json.dumps({"round": round_ + 1, **{v: round(t[-1], 3) for v, t in times.items()}}), flush=True)
+            if round_:
+                times[variant].append(time.perf_counter() - start)
+        if round_:
+            print(json.dumps({"round": round_, **{v: round(t[-1], 3) for v, t in times.items()}}), flush=True)
     if "kfac-k" in priors:
         with torch.no_grad():
             dense, kept = priors["kfac"].penalty(net).item(), priors["kfac-k"].penalty(net).item()
