@@ -17,38 +17,35 @@ from torch.func import functional_call, grad, vmap
 from tts_bpeft.curvature.calls import Conv1dCall, ConvTranspose1dCall, RowsCall
 from tts_bpeft.layers import weight_to_matrix
 
-# (in, out, k, stride, padding, dilation, L, output_size): the Kokoro / StyleTTS 2 upsampling (k = 2 stride), a
-# kernel shorter than its stride (phases without taps), padding beyond the kernel's reach, stride and dilation
-# sharing a factor, and a call that picks its output padding through output_size.
-CONV_T = {
-    "upsample_k20_s10": (3, 2, 20, 10, 5, 1, 4, None),
-    "k_below_stride": (2, 3, 3, 5, 1, 1, 5, None),
-    "padding_beyond_kernel": (2, 2, 3, 2, 4, 1, 9, None),
-    "stride4_dil2": (2, 3, 5, 4, 3, 2, 6, None),
-    "output_size": (2, 2, 4, 3, 1, 1, 5, 16),
-}
-CONV = {
-    "stride2_pad1": (3, 2, 3, 2, 1, 1, 11),
-    "dil3_pad4": (2, 3, 3, 1, 4, 3, 9),
-    "stride3_dil2_pad0": (2, 2, 4, 3, 0, 2, 16),
+# kind, (in, out, k, stride, padding, dilation, L, output_size): the Kokoro / StyleTTS 2 upsampling (k = 2
+# stride), a kernel shorter than its stride (phases without taps), padding beyond the kernel's reach, stride and
+# dilation sharing a factor, a call that picks its output padding through output_size; strided, dilated and
+# unpadded Conv1d.
+GEOMETRIES = {
+    "convT_upsample_k20_s10": ("conv_transpose1d", (3, 2, 20, 10, 5, 1, 4, None)),
+    "convT_k_below_stride": ("conv_transpose1d", (2, 3, 3, 5, 1, 1, 5, None)),
+    "convT_padding_beyond_kernel": ("conv_transpose1d", (2, 2, 3, 2, 4, 1, 9, None)),
+    "convT_stride4_dil2": ("conv_transpose1d", (2, 3, 5, 4, 3, 2, 6, None)),
+    "convT_output_size": ("conv_transpose1d", (2, 2, 4, 3, 1, 1, 5, 16)),
+    "conv_stride2_pad1": ("conv1d", (3, 2, 3, 2, 1, 1, 11, None)),
+    "conv_dil3_pad4": ("conv1d", (2, 3, 3, 1, 4, 3, 9, None)),
+    "conv_stride3_dil2_pad0": ("conv1d", (2, 2, 4, 3, 0, 2, 16, None)),
 }
 
 
-def _conv_t(case: str) -> tuple[nn.ConvTranspose1d, Tensor, int]:
-    n_in, n_out, k, stride, padding, dilation, length, output_size = CONV_T[case]
+def _geometry(case: str) -> tuple[Conv1dCall | ConvTranspose1dCall, Tensor]:
+    """The call of a layer of `case`'s geometry on a batch of 3, and its patches by explicit indexing."""
+    kind, (n_in, n_out, k, stride, padding, dilation, length, output_size) = GEOMETRIES[case]
     torch.manual_seed(0)
+    x = torch.randn(3, n_in, length, dtype=torch.float64)
+    if kind == "conv1d":
+        conv = nn.Conv1d(n_in, n_out, k, stride, padding, dilation).double()
+        out_length = conv(x).shape[-1]
+        return Conv1dCall(conv, x, out_length), conv1d_patches_loop(x, k, stride, padding, dilation)
     conv = nn.ConvTranspose1d(n_in, n_out, k, stride, padding, dilation=dilation).double()
-    x = torch.randn(3, n_in, length, dtype=torch.float64)
     out_length = conv(x, output_size=[output_size] if output_size else None).shape[-1]
-    return conv, x, out_length
-
-
-def _conv(case: str) -> tuple[nn.Conv1d, Tensor, int]:
-    n_in, n_out, k, stride, padding, dilation, length = CONV[case]
-    torch.manual_seed(0)
-    conv = nn.Conv1d(n_in, n_out, k, stride, padding, dilation).double()
-    x = torch.randn(3, n_in, length, dtype=torch.float64)
-    return conv, x, conv(x).shape[-1]
+    return (ConvTranspose1dCall(conv, x, out_length),
+            conv_transpose1d_patches_loop(x, k, stride, padding, dilation, out_length))
 
 
 def _mask(batch: int, length: int) -> Tensor:
@@ -69,38 +66,20 @@ def _per_sample_weight_gradients(conv: nn.Module, x: Tensor, g: Tensor, out_leng
     return torch.stack([weight_to_matrix(kind, w) for w in grads])
 
 
-@pytest.mark.parametrize("case", list(CONV_T))
-def test_conv_transpose_call_matches_definitions(case):
-    conv, x, out_length = _conv_t(case)
-    n_in, _, k, stride, padding, dilation, _, _ = CONV_T[case]
-    call = ConvTranspose1dCall(conv, x, out_length)
-    mask = _mask(x.shape[0], out_length)
-    reference = conv_transpose1d_patches_loop(x, k, stride, padding, dilation, out_length) * mask[..., None]
-
-    torch.testing.assert_close(call.patches(mask), reference, rtol=0, atol=0)
-    rows = reference.reshape(-1, n_in * k)
-    torch.testing.assert_close(call.add_gram(None, mask), rows.T @ rows, rtol=1e-12, atol=1e-12)
-
-    g = torch.randn(x.shape[0], out_length, conv.out_channels, dtype=x.dtype)
-    torch.testing.assert_close(call.per_sample_gradients(g),
-                               _per_sample_weight_gradients(conv, x, g, out_length, "conv_transpose1d"))
-
-
-@pytest.mark.parametrize("case", list(CONV))
+@pytest.mark.parametrize("case", list(GEOMETRIES))
 def test_conv_call_matches_definitions(case):
-    conv, x, out_length = _conv(case)
-    n_in, _, k, stride, padding, dilation, _ = CONV[case]
-    call = Conv1dCall(conv, x, out_length)
-    mask = _mask(x.shape[0], out_length)
-    reference = conv1d_patches_loop(x, k, stride, padding, dilation) * mask[..., None]
+    """Masked patches, their Gram matrix and per-sample weight gradients of one call of each geometry."""
+    call, patches = _geometry(case)
+    mask = _mask(call.batch, call.out_length)
+    reference = patches * mask[..., None]
 
     torch.testing.assert_close(call.patches(mask), reference, rtol=0, atol=0)
-    rows = reference.reshape(-1, n_in * k)
+    rows = reference.reshape(-1, reference.shape[-1])
     torch.testing.assert_close(call.add_gram(None, mask), rows.T @ rows, rtol=1e-12, atol=1e-12)
 
-    g = torch.randn(x.shape[0], out_length, conv.out_channels, dtype=x.dtype)
+    g = torch.randn(call.batch, call.out_length, call.conv.out_channels, dtype=torch.float64)
     torch.testing.assert_close(call.per_sample_gradients(g),
-                               _per_sample_weight_gradients(conv, x, g, out_length, "conv1d"))
+                               _per_sample_weight_gradients(call.conv, call.x, g, call.out_length, call.kind))
 
 
 def test_reflect_padded_conv_per_sample_gradients():
@@ -119,7 +98,8 @@ def test_reflect_padded_conv_per_sample_gradients():
 
 def test_gram_accumulates_in_place():
     """A second call adds into the first call's sum, the same tensor, as one Gram of both calls' rows would."""
-    conv, x, out_length = _conv_t("upsample_k20_s10")
+    call, _ = _geometry("convT_upsample_k20_s10")
+    conv, x, out_length = call.conv, call.x, call.out_length
     first, second = x[:2], x[2:]
     mask_first, mask_second = _mask(2, out_length), torch.ones(1, out_length, dtype=x.dtype)
     total = ConvTranspose1dCall(conv, first, out_length).add_gram(None, mask_first)
