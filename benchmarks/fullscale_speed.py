@@ -9,7 +9,8 @@ same per-utterance loss into the LoRA parameters (eval mode, the same utterances
 its arithmetic floor: that plain pass plus the products no estimator can skip, timed on random tensors of each
 layer's real shapes (P = the layer's positions per utterance, counted by the KFAC estimate): KFAC ``a^T a``
 (P x in_flat) and ``g^T g`` (P x out), EWC the per-sample gradient ``g^T a``; for a ConvTranspose1d ``a`` is
-taken per output phase (P/stride x in*taps: its patches are zero at the other taps). Medians of
+taken per output phase (P/stride x in*taps: its patches are zero at the other taps), and a stride-1 Conv1d's
+on the CPU as k blocks of the input's width (KFAC sums its Gram matrix by lags there). Medians of
 ``--estimation-rounds`` rounds, the plain pass and each method in turn, after one untimed plain pass (a single
 cold measurement flattered the estimation: the plain pass then carried the first-call allocations).
 
@@ -55,14 +56,17 @@ def _lora_parameters(net) -> list[torch.nn.Parameter]:
     return [p for m in modules for n, p in m.named_parameters() if ".lora_" in f".{n}"]
 
 
-def _input_widths(target, rows: int) -> list[tuple[int, int]]:
-    """(rows, width) of the input blocks a layer's products must touch for `rows` positions: the full patches,
-    or for a ConvTranspose1d one block per output phase (its patches are zero at the taps a phase does not see,
-    `tts_bpeft.layers.conv_transpose1d_phases`)."""
+def _input_widths(target, rows: int, device: torch.device) -> list[tuple[int, int]]:
+    """(rows, width) of the input blocks a layer's products must touch for `rows` positions: the full patches;
+    for a ConvTranspose1d one block per output phase (its patches are zero at the taps a phase does not see,
+    `tts_bpeft.layers.conv_transpose1d_phases`); for a stride-1 Conv1d on the CPU one block of the input's width
+    per tap (the Gram matrix by lags, `tts_bpeft.curvature.calls._add_lagged_gram`)."""
     n_in = target.weight().shape[1]
+    conv = target.base_layer
+    if target.kind == "conv1d" and conv.stride[0] == 1 and conv.kernel_size[0] > 1 and device.type == "cpu":
+        return [(rows, conv.in_channels)] * conv.kernel_size[0]
     if target.kind != "conv_transpose1d":
         return [(rows, n_in)]
-    conv = target.base_layer
     k, stride, padding, dilation = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
     taps = [sum((t0 + padding - j * dilation) % stride == 0 for j in range(k)) for t0 in range(stride)]
     return [(max(1, round(rows / stride)), conv.in_channels * n) for n in taps if n]
@@ -76,7 +80,7 @@ def floor_seconds(kfac: Curvature, targets: dict, method: str, utterances: int, 
     for name, layer in kfac.layers.items():
         n_out = layer.shape[0]
         rows = max(1, round(sum(layer.tokens) / utterances))
-        blocks = [torch.randn(n, width, device=device) for n, width in _input_widths(targets[name], rows)]
+        blocks = [torch.randn(n, width, device=device) for n, width in _input_widths(targets[name], rows, device)]
         g = torch.randn(rows, n_out, device=device)
         _sync(device)
         start = time.perf_counter()

@@ -112,6 +112,20 @@ def _scaled_copy(view: Tensor, row_scale: Tensor | None) -> Tensor:
     return torch.mul(view, row_scale.reshape(*row_scale.shape, *[1] * (view.dim() - 2)).to(view.dtype), out=out)
 
 
+def conv1d_padded_input(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """`x` (B, in, L) padded as the layer pads it (any padding mode, 'same' included): the input of an unpadded
+    convolution with the same output."""
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+
+
+def conv1d_windows(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """The taps each output frame of a Conv1d reads: a view ``(B, in, L_out, k)`` of its padded input, ``[b, i, t,
+    j] = padded[b, i, t*stride + j*dilation]``."""
+    k, stride, dilation = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+    return conv1d_padded_input(conv, x).unfold(-1, dilation * (k - 1) + 1, stride)[..., ::dilation]
+
+
 def conv1d_patches(conv: nn.Conv1d, x: Tensor, row_scale: Tensor | None = None) -> Tensor:
     """Normal form of a Conv1d input: patches ``(B, L_out, in*k)`` with index ``i*k + j``, contiguous.
 
@@ -119,11 +133,7 @@ def conv1d_patches(conv: nn.Conv1d, x: Tensor, row_scale: Tensor | None = None) 
     are one copy of a strided window view of the padded input (any padding mode, stride and dilation);
     `row_scale` ``(B, L_out)``, if given, multiplies each patch in that copy (a mask costs nothing extra).
     """
-    k, stride, dilation = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-    windows = x.unfold(-1, dilation * (k - 1) + 1, stride)[..., ::dilation]  # (B, in, L_out, k), a view
-    return _scaled_copy(windows.permute(0, 2, 1, 3), row_scale).flatten(2)
+    return _scaled_copy(conv1d_windows(conv, x).permute(0, 2, 1, 3), row_scale).flatten(2)
 
 
 def conv_transpose1d_output_padding(conv: nn.ConvTranspose1d, in_length: int, out_length: int) -> int:

@@ -14,8 +14,11 @@ from curv_helpers import conv1d_patches_loop, conv_transpose1d_patches_loop
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from tts_bpeft.curvature import calls
 from tts_bpeft.curvature.calls import Conv1dCall, ConvTranspose1dCall, RowsCall
-from tts_bpeft.layers import weight_to_matrix
+from tts_bpeft.layers import conv1d_patches, weight_to_matrix
+
+calls_add_lagged_gram = calls._add_lagged_gram
 
 # kind, (in, out, k, stride, padding, dilation, L, output_size): the Kokoro / StyleTTS 2 upsampling (k = 2
 # stride), a kernel shorter than its stride (phases without taps), padding beyond the kernel's reach, stride and
@@ -122,3 +125,49 @@ def test_rows_call_regrouped_per_sample():
     mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     kept = a.reshape(2, 4, 3)[mask.bool()]
     torch.testing.assert_close(call.add_gram(None, mask), kept.T @ kept)
+
+
+LAGGED = {  # stride-1 Conv1d geometries: (in, k, dilation, padding, padding_mode, L)
+    "k11_dil5_same": (3, 11, 5, "same", "zeros", 60),
+    "k7_dil3_reflect": (2, 7, 3, 9, "reflect", 30),
+    "k4_dil2_same_even": (3, 4, 2, "same", "zeros", 17),
+    "k3_unpadded": (4, 3, 1, 0, "zeros", 12),
+}
+MASKS = {
+    "all_active": lambda batch, length: torch.ones(batch, length),
+    "ragged": lambda batch, length: _mask(batch, length),
+    "scattered": lambda batch, length: (torch.rand(batch, length, generator=torch.Generator().manual_seed(4)) > 0.3),
+    "mostly_inactive": lambda batch, length: torch.arange(length).expand(batch, length) < 1,
+}
+
+
+@pytest.mark.parametrize("mask_name", list(MASKS))
+@pytest.mark.parametrize("case", list(LAGGED))
+def test_stride_one_conv_gram_by_lags(case, mask_name, monkeypatch):
+    """A stride-1 Conv1d's Gram matrix from lag products (minus the inactive positions' patches) equals the Gram
+    of its masked patches, added into an existing sum; a mask with most positions inactive takes the patches."""
+    n_in, k, dilation, padding, mode, length = LAGGED[case]
+    torch.manual_seed(5)
+    conv = nn.Conv1d(n_in, 2, k, padding=padding, dilation=dilation, padding_mode=mode).double()
+    x = torch.randn(3, n_in, length, dtype=torch.float64)
+    out_length = conv(x).shape[-1]
+    mask = MASKS[mask_name](3, out_length)
+    lagged = []
+    monkeypatch.setattr(calls, "_add_lagged_gram", lambda *args: lagged.append(calls_add_lagged_gram(*args)))
+    monkeypatch.setattr(calls, "LAGGED_MIN_POSITIONS", 1)  # these calls are shorter than the speed threshold
+    start = torch.randn(n_in * k, n_in * k, dtype=torch.float64)
+    total = Conv1dCall(conv, x, out_length).add_gram(start.clone(), mask)
+    rows = conv1d_patches(conv, x, mask.double()).flatten(0, 1)
+    torch.testing.assert_close(total, start + rows.T @ rows, rtol=1e-12, atol=1e-10)
+    assert len(lagged) == (mask_name != "mostly_inactive")
+
+
+def test_short_stride_one_conv_takes_the_dense_gram(monkeypatch):
+    """Under `LAGGED_MIN_POSITIONS` positions the dense Gram is the faster one and is taken; at it, the lags."""
+    conv = nn.Conv1d(2, 2, 3, padding=1)
+    lagged = []
+    monkeypatch.setattr(calls, "_add_lagged_gram", lambda *args: lagged.append(calls_add_lagged_gram(*args)))
+    for length in (calls.LAGGED_MIN_POSITIONS - 1, calls.LAGGED_MIN_POSITIONS):
+        x = torch.randn(1, 2, length)
+        Conv1dCall(conv, x, length).add_gram(None, torch.ones(1, length))
+    assert len(lagged) == 1
