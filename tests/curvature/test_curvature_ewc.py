@@ -164,3 +164,34 @@ def test_float64_model_keeps_float64_statistics():
     Q_A, Q_G = term["A_basis"].double(), term["G_basis"].double()
     rotated = (Q_G.T @ grads @ Q_A) ** 2  # the stored (float32) bases, rotating float64 per-sample gradients
     torch.testing.assert_close(term["scales"].double(), rotated.mean(0), rtol=1e-4, atol=1e-6 * rotated.max().item())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gradients_reach_layer_outputs_without_weight_or_bias_gradients(bias):
+    """A Conv1d (the model's first layer: its input needs no gradient) and a Linear after it: their outputs get
+    gradients through a zero scalar added to them, neither weights nor biases require grad during the estimate,
+    and the estimate still equals torch.func's per-sample gradients; hooks and flags are restored after."""
+    torch.manual_seed(3)
+    conv, lin = nn.Conv1d(3, 4, 3, padding=1, bias=bias), nn.Linear(4, 2, bias=bias)
+    model = Holder(conv=conv, lin=lin)
+    x, y = torch.randn(5, 3, 6), torch.randn(5, 6, 2)
+    flags = []
+
+    def loss_fn(m, batch):
+        flags.append({n: p.requires_grad for n, p in m.named_parameters()})
+        return ((torch.tanh(m.lin(m.conv(batch[0]).transpose(1, 2))) - batch[1]) ** 2).sum((1, 2))
+
+    ours = estimate_curvature(model, [(x, y)], loss_fn, method="ewc", targets=["conv", "lin"], progress=False)
+    assert len(flags) == 1 and not any(flags[0].values())
+    assert not conv._forward_hooks and not lin._forward_hooks
+    assert all(p.requires_grad for p in model.parameters())
+
+    def loss_one(Wc, Wl, x, y):
+        hidden = F.conv1d(x, Wc, conv.bias, padding=1).transpose(1, 2)
+        return ((torch.tanh(F.linear(hidden, Wl, lin.bias)) - y) ** 2).sum()
+
+    Wc, Wl = conv.weight.detach(), lin.weight.detach()
+    conv_diag, _ = per_sample_diag(lambda W, x, y: loss_one(W, Wl, x, y), Wc, x, y)
+    lin_diag, _ = per_sample_diag(lambda W, x, y: loss_one(Wc, W, x, y), Wl, x, y)
+    assert_close(ours.term("conv")["diag"], conv_diag.reshape(4, -1))
+    assert_close(ours.term("lin")["diag"], lin_diag)

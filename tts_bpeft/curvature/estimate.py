@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from ..lora.inject import plan_lora
@@ -46,18 +47,26 @@ def _resolve_targets(model, targets, adapter_name: str) -> dict[str, LoraTarget]
     return layer_targets(model, targets)
 
 
-def _gradient_carriers(layer: nn.Module) -> list[Tensor]:
-    """The parameters that make a layer's outputs require grad: its biases when it has them (their
-    gradients are cheap sums), else all its own parameters (then the weight gradient is computed too)."""
+def _gradient_carriers(layer: nn.Module, kind: str) -> tuple[list[Tensor], RemovableHandle | None]:
+    """The leaves that make a layer's outputs require grad, and a hook to remove afterwards.
+
+    A Linear or convolution gets a zero scalar added to its output by a forward hook: its gradient is a sum of
+    the output gradient, and the layer's backward computes its input gradient only (a bias as carrier made
+    oneDNN's convolution backward run its weight-gradient kernel too: 2-6x that backward's time). An LSTM (its
+    own forward is replaced while measuring) carries gradients through its biases, or all its parameters.
+    """
+    if kind != "lstm":
+        like = next(layer.parameters())
+        carrier = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
+        return [carrier], layer.register_forward_hook(lambda module, args, output: output + carrier)
     own = dict(layer.named_parameters(recurse=False))
-    biases = [p for name, p in own.items() if name.startswith("bias")]
-    return biases or list(own.values())
+    return [p for name, p in own.items() if name.startswith("bias")] or list(own.values()), None
 
 
 @contextlib.contextmanager
 def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget],
                      mode: ModelMode) -> Iterator[list[Tensor]]:
-    """Adapters off, only the targeted base weights requiring grad, the chosen mode; all restored on exit.
+    """Adapters off, only the targeted layers' gradient carriers requiring grad, the chosen mode; all restored on exit.
 
     Yields the parameters to differentiate (gradients reach the targeted layers' outputs through them)."""
     modules = list(model.modules())
@@ -69,14 +78,18 @@ def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget],
         raise ValueError(f"{len(merged)} LoRA layer(s) are merged; unmerge them before measuring curvature")
     disabled = [m._disable_adapters for m in lora_layers]
     grads: list[tuple[Tensor, Tensor | None]] = []
+    hooks: list[RemovableHandle] = []
     try:
         for m in lora_layers:
             m._disable_adapters = True
         for p, _ in requires_grad:
             p.requires_grad_(False)
         params = []
-        for base in {t.base_layer: None for t in targets.values()}:
-            for p in _gradient_carriers(base):
+        for base, kind in {t.base_layer: t.kind for t in targets.values()}.items():
+            carriers, hook = _gradient_carriers(base, kind)
+            if hook is not None:
+                hooks.append(hook)
+            for p in carriers:
                 grads.append((p, p.grad))
                 p.grad = None
                 p.requires_grad_(True)
@@ -93,6 +106,8 @@ def _measuring_state(model: nn.Module, targets: Mapping[str, LoraTarget],
             m._disable_adapters = flag
         for p, grad in grads:
             p.grad = grad
+        for hook in hooks:
+            hook.remove()
 
 
 def _per_sample(output: LossOutput) -> tuple[Tensor, list[Likelihood]]:
