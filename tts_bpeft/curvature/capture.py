@@ -22,14 +22,16 @@ loss masks out has exactly zero gradient and is not counted):
 
 Sums are kept in `statistics_dtype` (at least float32) and updated in place: a Gram matrix ``x^T x`` is added by
 one ``addmm_`` (one pass over the sum, no temporary, no conversion), and the first value of a sum starts it (no
-zero-filled pass); `tts_bpeft.curvature.estimate` turns them into means. Float32 running sums stay within
-1.4e-6 (relative Frobenius norm) of float64 sums over 10000 calls (`tests/curvature/test_curvature_accumulation.py`),
-cost half their memory and no conversion per call. A ConvTranspose1d's Gram matrix is summed phase by phase and
-convolutions' per-sample gradients come from the weight-gradient kernel (`calls`; measured against the arithmetic
-floor in docs/curvature.md). Every product is taken with
-autocast switched off, whatever autocast the model runs under (bf16 inputs and gradients are cast up first), and
-nothing is read back to the host while accumulating: token counts stay tensors on the layer's device until
-`LayerStatistics.token_count`, and inactive positions are masked, not removed.
+zero-filled pass, except for the block-structured sums of convolutions); `tts_bpeft.curvature.estimate` turns
+them into means. Float32 running sums stay within 1.4e-6 (relative Frobenius norm) of float64 sums over 10000
+calls (`tests/curvature/test_curvature_accumulation.py`), cost half their memory and no conversion per call. A
+ConvTranspose1d's Gram matrix is summed phase by phase, a stride-1 Conv1d's by lags on the CPU, and
+convolutions' per-sample gradients come from the weight-gradient kernel (`calls`; measured against the
+arithmetic floor in docs/curvature.md). Every product is taken with autocast switched off, whatever autocast the
+model runs under (bf16 inputs and gradients are cast up first), and nothing is read back to the host while
+accumulating on an accelerator: token counts stay tensors on the layer's device until
+`LayerStatistics.token_count`, and inactive positions are masked, not removed (only the CPU's lag form counts
+them, where a read-back costs nothing).
 """
 
 from __future__ import annotations
