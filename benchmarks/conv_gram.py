@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/conv_gram.py [--repeats N] [--threads T]
 Prints per shape (channels, kernel, dilation, positions) the median seconds of both forms, added into an existing
 sum as the capture does, alternating; their ratio; the relative difference; and which form the capture takes
-(`tts_bpeft.curvature.calls.LAGGED_MIN_POSITIONS`). Shapes: the StyleTTS 2 / Kokoro decoders' convolutions at
+(`tts_bpeft.curvature.calls.lagged_gram_fits`). Shapes: the StyleTTS 2 / Kokoro decoders' convolutions at
 the frame rate (80-160 positions) and the generator's resblocks at the waveform rates (1600, 9601).
 """
 
@@ -23,8 +23,9 @@ SHAPES = [(1024, 3, 1, 80), (512, 3, 1, 160), (512, 5, 1, 64), (1024, 3, 1, 256)
           (256, 11, 1, 1600), (128, 3, 1, 9601), (128, 7, 3, 9601), (128, 11, 5, 9601)]
 
 
-def compare(n_in: int, k: int, dilation: int, positions: int, repeats: int) -> tuple[float, float, float]:
-    """(dense ms, lags ms, relative difference of the sums) for one 'same'-padded Conv1d call, alternating."""
+def compare(n_in: int, k: int, dilation: int, positions: int, repeats: int) -> tuple[float, float, float, str]:
+    """(dense ms, lags ms, relative difference of the sums, the form the capture takes) for one 'same'-padded
+    Conv1d call, the two forms alternating."""
     conv = nn.Conv1d(n_in, n_in, k, padding="same", dilation=dilation)
     x = torch.randn(1, n_in, positions)
     call, mask = calls.Conv1dCall(conv, x, positions), torch.ones(1, positions, dtype=torch.bool)
@@ -45,7 +46,8 @@ def compare(n_in: int, k: int, dilation: int, positions: int, repeats: int) -> t
             run()
             times[name].append(time.perf_counter() - start)
     diff = ((totals["dense"] - totals["lags"]).norm() / totals["dense"].norm()).item()
-    return statistics.median(times["dense"]) * 1e3, statistics.median(times["lags"]) * 1e3, diff
+    form = "lags" if calls.lagged_gram_fits(conv, positions, x.device) else "dense"
+    return statistics.median(times["dense"]) * 1e3, statistics.median(times["lags"]) * 1e3, diff, form
 
 
 def main() -> None:
@@ -57,8 +59,7 @@ def main() -> None:
     print(f"{'in':>5} {'k':>3} {'dil':>4} {'positions':>9} {'dense ms':>9} {'lags ms':>8} {'dense/lags':>10} "
           f"{'rel diff':>9}  capture")
     for n_in, k, dilation, positions in SHAPES:
-        d, g, diff = compare(n_in, k, dilation, positions, args.repeats)
-        form = "lags" if positions >= calls.LAGGED_MIN_POSITIONS else "dense"
+        d, g, diff, form = compare(n_in, k, dilation, positions, args.repeats)
         print(f"{n_in:>5} {k:>3} {dilation:>4} {positions:>9} {d:>9.2f} {g:>8.2f} {d / g:>10.2f} {diff:>9.1e}  {form}")
 
 

@@ -41,6 +41,8 @@ from curvature_size import placeholder_curvature  # noqa: E402
 from fullscale_models import MODELS, PRESETS, build  # noqa: E402
 
 from tts_bpeft import Curvature, LaplacePrior, estimate_curvature  # noqa: E402
+from tts_bpeft.curvature.calls import lagged_gram_fits  # noqa: E402
+from tts_bpeft.layers import conv_transpose1d_phase_taps  # noqa: E402
 from tts_bpeft.lora.targets import lora_targets  # noqa: E402
 
 VARIANTS = ("none", "l2sp", "ewc", "kfac", "kfac-k", "ekfac")
@@ -59,17 +61,15 @@ def _lora_parameters(net) -> list[torch.nn.Parameter]:
 def _input_widths(target, rows: int, device: torch.device) -> list[tuple[int, int]]:
     """(rows, width) of the input blocks a layer's products must touch for `rows` positions: the full patches;
     for a ConvTranspose1d one block per output phase (its patches are zero at the taps a phase does not see,
-    `tts_bpeft.layers.conv_transpose1d_phases`); for a stride-1 Conv1d on the CPU one block of the input's width
-    per tap (the Gram matrix by lags, `tts_bpeft.curvature.calls._add_lagged_gram`)."""
-    n_in = target.weight().shape[1]
+    `conv_transpose1d_phase_taps`); for a Conv1d whose Gram matrix is taken by lags (`lagged_gram_fits`) one
+    block of the input's width per tap."""
     conv = target.base_layer
-    if target.kind == "conv1d" and conv.stride[0] == 1 and conv.kernel_size[0] > 1 and device.type == "cpu":
+    if target.kind == "conv1d" and lagged_gram_fits(conv, rows, device):
         return [(rows, conv.in_channels)] * conv.kernel_size[0]
     if target.kind != "conv_transpose1d":
-        return [(rows, n_in)]
-    k, stride, padding, dilation = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
-    taps = [sum((t0 + padding - j * dilation) % stride == 0 for j in range(k)) for t0 in range(stride)]
-    return [(max(1, round(rows / stride)), conv.in_channels * n) for n in taps if n]
+        return [(rows, target.weight().shape[1])]
+    return [(max(1, round(rows / conv.stride[0])), conv.in_channels * len(taps))
+            for taps in conv_transpose1d_phase_taps(conv).values()]
 
 
 def floor_seconds(kfac: Curvature, targets: dict, method: str, utterances: int, device: torch.device) -> float:

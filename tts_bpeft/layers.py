@@ -143,6 +143,14 @@ def conv_transpose1d_output_padding(conv: nn.ConvTranspose1d, in_length: int, ou
     return out_length - ((in_length - 1) * stride - 2 * padding + dilation * (k - 1) + 1)
 
 
+def conv_transpose1d_phase_taps(conv: nn.ConvTranspose1d) -> dict[int, list[int]]:
+    """The taps ``j`` each output phase ``t0`` (frames ``t = t0 (mod stride)``) sees, for the phases that see any:
+    those with ``(t0 + padding - j*dilation) % stride == 0`` (see `conv_transpose1d_phases`)."""
+    k, stride, padding, dilation = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    phases = {t0: [j for j in range(k) if (t0 + padding - j * dilation) % stride == 0] for t0 in range(stride)}
+    return {t0: taps for t0, taps in phases.items() if taps}
+
+
 def conv_transpose1d_phases(conv: nn.ConvTranspose1d, x: Tensor, out_length: int,
                             row_scale: Tensor | None = None) -> list[tuple[slice, slice, Tensor]]:
     """A ConvTranspose1d input in the normal form, phase by phase: only the non-zero part of its patches.
@@ -163,9 +171,8 @@ def conv_transpose1d_phases(conv: nn.ConvTranspose1d, x: Tensor, out_length: int
     padded = F.pad(x, (0, 1))  # frame `length` is a zero: out-of-range frames read it
     step = stride // math.gcd(stride, dilation)
     phases = []
-    for t0 in range(min(stride, out_length)):
-        taps = [j for j in range(k) if (t0 + padding - j * dilation) % stride == 0]
-        if not taps:
+    for t0, taps in conv_transpose1d_phase_taps(conv).items():
+        if t0 >= out_length:
             continue
         frames = torch.arange(t0, out_length, stride, device=x.device)
         offsets = torch.tensor(taps, device=x.device) * dilation - padding

@@ -92,6 +92,14 @@ class _ConvCall:
 LAGGED_MIN_POSITIONS = 128
 
 
+def lagged_gram_fits(conv: nn.Conv1d, positions: int, device: torch.device) -> bool:
+    """Whether a call of `conv` with `positions` (B * L_out) positions on `device`, all active, takes its Gram
+    matrix by lags: a stride-1 Conv1d with k > 1, on the CPU (the inactive positions are counted on the host),
+    with at least `LAGGED_MIN_POSITIONS` positions."""
+    return (device.type == "cpu" and conv.stride[0] == 1 and conv.kernel_size[0] > 1
+            and positions >= LAGGED_MIN_POSITIONS)
+
+
 def _add_lagged_gram(total: Tensor, padded: Tensor, k: int, dilation: int) -> None:
     """``total += sum_{b,t} a a^T`` over all patches ``a`` of a stride-1 Conv1d, from lag products of its input.
 
@@ -128,14 +136,12 @@ class Conv1dCall(_ConvCall):
         return conv1d_patches(self.conv, self.x, mask)
 
     def add_gram(self, total: Tensor | None, mask: Tensor) -> Tensor:
-        """A stride-1 Conv1d on the CPU (where reading a count back costs nothing) with at least
-        `LAGGED_MIN_POSITIONS` positions sums its Gram matrix by lags (`_add_lagged_gram`) and takes the inactive
-        positions' patches back out, when that is cheaper (fewer than ``1 - 1/k`` of the positions inactive);
-        otherwise, and on other devices, the Gram of the masked patches."""
+        """A call that `lagged_gram_fits` sums its Gram matrix by lags (`_add_lagged_gram`) and takes the inactive
+        positions' patches back out, when that is cheaper (fewer than ``1 - 1/k`` of the positions inactive;
+        counting them is a read-back, free on the CPU); otherwise, the Gram of the masked patches."""
         conv, k = self.conv, self.conv.kernel_size[0]
-        inactive = mask == 0
-        if (self.x.device.type == "cpu" and conv.stride[0] == 1 and k > 1
-                and mask.numel() >= LAGGED_MIN_POSITIONS):
+        if lagged_gram_fits(conv, mask.numel(), self.x.device):
+            inactive = mask == 0
             n_inactive = int(inactive.sum())
             if k * n_inactive < (k - 1) * mask.numel():
                 if total is None:
