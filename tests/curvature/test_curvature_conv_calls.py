@@ -1,9 +1,11 @@
 """The products the curvature estimators take from a convolution call, against references from the definitions.
 
 `tts_bpeft.curvature.calls` never builds a ConvTranspose1d's full patches for its Gram matrix (it adds per-phase
-Gram matrices into their tap blocks) and takes per-sample gradients from the weight-gradient kernel. Each is
-checked here against: patches by explicit indexing (`curv_helpers`), the dense Gram matrix of the masked
-patches, and per-sample weight gradients from `torch.func` on the layer's own forward.
+Gram matrices into their tap blocks), sums a stride-1 Conv1d's by lags on the CPU, and takes per-sample gradients
+from the weight-gradient kernel. Each is checked here against: patches by explicit indexing (`curv_helpers`), the
+dense Gram matrix of the masked patches (for padding modes the index loops lack, of `conv1d_patches`, which
+tests/lora/test_lora_layers.py checks against the layer's output), and per-sample weight gradients from
+`torch.func` on the layer's own forward.
 """
 
 from __future__ import annotations
