@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..lora.inject import plan_lora
 from ..lora.targets import LoraTarget, as_module, lora_targets, weight_entries
+from .blocks import block_eigh
 from .capture import CurvatureCapture, LayerStatistics, statistics_dtype
 from .likelihoods import Likelihood
 from .options import CurvatureMethod, Fisher, KfacApprox, ModelMode
@@ -199,10 +200,11 @@ def estimate_curvature(
 
 
 def kfac_eigenbasis(factors: KroneckerFactors, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """The eigenvectors ``(Q_A, Q_G)`` (columns) of the input and the gradient covariance, computed in float64
-    and kept in `dtype` (the statistics' precision: a float64 model needs float64 bases, as rounded bases leak
-    the large per-position terms of a cancelling per-sample gradient into its small rotated entries)."""
-    return tuple(torch.linalg.eigh(f.double()).eigenvectors.to(dtype).contiguous() for f in factors)
+    """The eigenvectors ``(Q_A, Q_G)`` (columns) of the input and the gradient covariance, computed in float64,
+    block by block where a factor is block diagonal (`block_eigh`: a ConvTranspose1d's ``A``), and kept in
+    `dtype` (the statistics' precision: a float64 model needs float64 bases, as rounded bases leak the large
+    per-position terms of a cancelling per-sample gradient into its small rotated entries)."""
+    return tuple(block_eigh(f.double())[1].to(dtype).contiguous() for f in factors)
 
 
 def _measure(model, root: nn.Module, chosen: Mapping[str, LoraTarget], batches: Iterable[Any], loss_fn,

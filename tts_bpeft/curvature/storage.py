@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from ..io import save_safetensors
 from ..lora.targets import LoraTarget, lora_targets
 from ..version import __version__
+from .blocks import block_eigh
 
 
 @dataclass
@@ -308,7 +309,7 @@ class Curvature:
                 new = {}
                 for key in ("A", "G"):
                     if key in term:
-                        vals, vecs = torch.linalg.eigh(term[key].double())
+                        vals, vecs = block_eigh(term[key].double())
                     else:  # already an eigenbasis (ascending eigenvalues): truncated further by the same rule
                         vals, vecs = term[key + "_vals"].double(), term[key + "_vecs"]
                     vals = vals.clamp(min=0)  # float rounding of a PSD matrix: tiny negative eigenvalues are 0
