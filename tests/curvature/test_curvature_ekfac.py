@@ -18,8 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prior"))
 from prior_helpers import NAMES, build_setup, squared_error_loss  # noqa: E402
 
 
-def test_ekfac_scales_are_second_moments_of_rotated_per_sample_gradients():
-    p = LinearOnSequences()
+# 2 positions: rows rotated before their product (2 (16 + 25) <= 4 * 5 * 9 multiply-adds); 7: the gradient after
+@pytest.mark.parametrize("length", [2, 7], ids=["rows-rotated", "gradient-rotated"])
+def test_ekfac_scales_are_second_moments_of_rotated_per_sample_gradients(length):
+    p = LinearOnSequences(length)
     ekfac = estimate_curvature(p.model, p.batches, p.loss_fn, method="ekfac", targets=["lin"], progress=False)
     kfac = estimate_curvature(p.model, p.batches, p.loss_fn, method="kfac", targets=["lin"], progress=False)
     term = ekfac.term("lin")

@@ -27,14 +27,14 @@ def assert_close(a, b):
 
 
 class LinearOnSequences:
-    """A Linear (4 -> 5) on (6, 7, 4) sequences under a tanh and a fixed head, squared error per sample:
+    """A Linear (4 -> 5) on 6 sequences of `length` (7) under a tanh and a fixed head, squared error per sample:
     `loss_fn` for the estimators, `loss_one(W, x, y)` of one sample for torch.func."""
 
-    def __init__(self) -> None:
+    def __init__(self, length: int = 7) -> None:
         torch.manual_seed(0)
         self.lin, self.head = nn.Linear(4, 5), torch.randn(5, 3)
         self.model = Holder(lin=self.lin)
-        self.x, self.y = torch.randn(6, 7, 4), torch.randn(6, 7, 3)
+        self.x, self.y = torch.randn(6, length, 4), torch.randn(6, length, 3)
         self.batches = [(self.x[:4], self.y[:4]), (self.x[4:], self.y[4:])]
 
     def loss_fn(self, m, batch):
