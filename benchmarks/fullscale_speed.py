@@ -17,12 +17,15 @@ cold measurement flattered the estimation: the plain pass then carried the first
 Fine-tuning step: forward and backward of the fine-tuning loss on one batch, the prior's penalty forward and
 backward, an AdamW step over the LoRA parameters. The variants (plain LoRA, L2-SP, EWC, KFAC, EKFAC) run in
 turn, round after round (after one untimed round), so that machine load affects all alike; medians per variant
-and their ratio to plain LoRA. KFAC and EWC use the estimates just made; EKFAC uses its estimate when ``ekfac`` is among
-``--methods``, else factors of its shapes (identity bases, unit scales: the penalty's cost depends on the
-shapes only). ``kfac-k``: the KFAC estimate eigen-truncated to ``--compress-energy`` of each factor's trace
-(`Curvature.compress`; the penalty's products are then k-wide), with its penalty's relative error against the
-dense factors at the LoRA weights the steps reached. ``--amp``: the step's forward under bf16 autocast (the
-penalty stays float32). On a GPU the clock is read after ``torch.cuda.synchronize()``.
+and their ratio to plain LoRA. The penalty's forward and backward are also timed alone inside each step:
+``(plain + penalty) / plain`` is the step ratio from that median, steadier on a loaded machine, where whole
+steps of the same variant vary by 10 % from round to round. KFAC and EWC use the estimates just made; EKFAC
+uses its estimate when ``ekfac`` is among ``--methods``, else factors of its shapes (identity bases, unit
+scales: the penalty's cost depends on the shapes only). ``kfac-k``: the KFAC estimate eigen-truncated to
+``--compress-energy`` of each factor's trace (`Curvature.compress`; the penalty's products are then k-wide),
+with its penalty's relative error against the dense factors at the LoRA weights the steps reached. ``--amp``:
+the step's forward under bf16 autocast (the penalty stays float32). On a GPU the clock is read after
+``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -195,6 +198,7 @@ def main() -> None:
     variants = [v for v in VARIANTS if v in priors]
     optimizer = torch.optim.AdamW(lora, lr=1e-4)
     times: dict[str, list[float]] = {v: [] for v in variants}
+    penalty_times: dict[str, list[float]] = {v: [] for v in variants}
     item = setup.train_items[0]
     for round_ in range(args.steps + 1):  # round 0 untimed: first-call allocations of each variant
         for variant in variants:
@@ -203,13 +207,18 @@ def main() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 loss = setup.step_loss(item)
             loss.backward()
+            _sync(device)
+            penalty_start = time.perf_counter()
             if priors[variant] is not None:
                 priors[variant].penalty(net).backward()
+            _sync(device)
+            penalty_seconds = time.perf_counter() - penalty_start
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
             if round_:
                 times[variant].append(time.perf_counter() - start)
+                penalty_times[variant].append(penalty_seconds)
         if round_:
             print(json.dumps({"round": round_, **{v: round(t[-1], 3) for v, t in times.items()}}), flush=True)
     if "kfac-k" in priors:
@@ -218,8 +227,10 @@ def main() -> None:
         result["compressed"]["penalty_relative_error"] = abs(kept - dense) / dense if dense else 0.0
     base = statistics.median(times["none"])
     for variant in variants:
-        median = statistics.median(times[variant])
-        result["step_seconds"][variant] = {"median": round(median, 4), "ratio": round(median / base, 3)}
+        median, penalty = statistics.median(times[variant]), statistics.median(penalty_times[variant])
+        result["step_seconds"][variant] = {"median": round(median, 4), "ratio": round(median / base, 3),
+                                           "penalty_median": round(penalty, 4),
+                                           "ratio_from_penalty": round((base + penalty) / base, 3)}
 
     print(f"\nestimation ({args.utterances} utterances, {args.max_frames} mel frames each)")
     print(f"{'method':<7} {'s/utt':>8} {'plain s/utt':>12} {'ratio':>6} {'floor s/utt':>12} {'vs floor':>9}")
@@ -232,9 +243,10 @@ def main() -> None:
               f"{c['its_kept_rank']}, {c['kept_share_of_A_widths']:.1%} of all input widths; penalty relative error "
               f"{c.get('penalty_relative_error', float('nan')):.2e} (compress took {c['seconds']} s)")
     print(f"\nfine-tuning step (median of {args.steps}; amp {args.amp})")
-    print(f"{'prior':<7} {'seconds':>8} {'vs plain LoRA':>14}")
+    print(f"{'prior':<7} {'seconds':>8} {'vs plain LoRA':>14} {'penalty s':>10} {'(plain + penalty) / plain':>26}")
     for variant, r in result["step_seconds"].items():
-        print(f"{variant:<7} {r['median']:>8} {r['ratio']:>13}x")
+        print(f"{variant:<7} {r['median']:>8} {r['ratio']:>13}x {r['penalty_median']:>10} "
+              f"{r['ratio_from_penalty']:>25}x")
     if args.out:
         from tts_bpeft.io import save_json
 
