@@ -80,9 +80,10 @@ class PriorScaling(Choice):
 
 
 class _SymmetricSandwich(torch.autograd.Function):
-    """``X^T M X`` for a symmetric ``M`` (d x d) that needs no gradient and ``X`` (d x r). The backward reuses
-    ``M X`` from the forward, ``dL/dX = M X (dL/dY + dL/dY^T)``, so the ``d^2 r`` product is taken once per
-    penalty evaluation, not twice (autograd of ``X.T @ M @ X`` multiplies by ``M`` again in the backward)."""
+    """``X^T M X`` for a symmetric ``M`` (d x d) that needs no gradient and ``X`` (d x r), or for stacks of
+    them ((b, d, d) and (b, d, r): one product per block). The backward reuses ``M X`` from the forward,
+    ``dL/dX = M X (dL/dY + dL/dY^T)``, so the ``d^2 r`` product is taken once per penalty evaluation, not twice
+    (autograd of ``X.T @ M @ X`` multiplies by ``M`` again in the backward)."""
 
     @staticmethod
     def forward(ctx, X: Tensor, M: Tensor) -> Tensor:
