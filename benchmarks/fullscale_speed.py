@@ -19,7 +19,7 @@ backward, an AdamW step over the LoRA parameters. The variants (plain LoRA, L2-S
 turn, round after round (after one untimed round), so that machine load affects all alike; medians per variant
 and their ratio to plain LoRA. The penalty's forward and backward are also timed alone inside each step:
 ``(plain + penalty) / plain`` is the step ratio from that median, steadier on a loaded machine, where whole
-steps of the same variant vary by 10 % from round to round. KFAC and EWC use the estimates just made; EKFAC
+steps of the same variant varied by up to 20 % from round to round. KFAC and EWC use the estimates just made; EKFAC
 uses its estimate when ``ekfac`` is among ``--methods``, else factors of its shapes (identity bases, unit
 scales: the penalty's cost depends on the shapes only). ``kfac-k``: the KFAC estimate eigen-truncated to
 ``--compress-energy`` of each factor's trace (`Curvature.compress`; the penalty's products are then k-wide),

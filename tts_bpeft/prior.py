@@ -168,10 +168,9 @@ def _cheaper_form(term: dict[str, Tensor]) -> dict[str, Tensor]:
             del out[key + "_vecs"]
         if key in out:
             parts = diagonal_blocks(out[key])
-            blocks = PermutedBlocks.of(out[key], parts) if len(parts) > 1 else None
-            if blocks is not None and 2 * blocks.padded_size * blocks.blocks.shape[-1] <= out[key].shape[0] ** 2:
-                out[key + "_blocks"], out[key + "_index"] = blocks
-                del out[key]
+            padded_entries = len(parts) * max(p.numel() for p in parts) ** 2  # what the stacked blocks hold
+            if len(parts) > 1 and 2 * padded_entries <= out[key].shape[0] ** 2:
+                out[key + "_blocks"], out[key + "_index"] = PermutedBlocks.of(out.pop(key), parts)
     return out
 
 

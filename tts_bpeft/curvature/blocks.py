@@ -71,10 +71,6 @@ class PermutedBlocks(NamedTuple):
         """The rows of `X` (n x r) block by block, (n_blocks, size, r); padding rows are zero."""
         return torch.cat([X, X.new_zeros(1, X.shape[1])])[self.index]
 
-    @property
-    def padded_size(self) -> int:
-        return self.index.numel()
-
 
 def block_eigh(M: Tensor) -> tuple[Tensor, Tensor]:
     """``torch.linalg.eigh(M)`` of a symmetric `M` (n x n) computed block by block (`diagonal_blocks`; blocks

@@ -87,8 +87,9 @@ class _ConvCall:
 
 
 # Below this many positions a Conv1d's dense Gram matrix is the faster one: the lag form's k^2 / 2 passes over
-# (in x in) blocks cost more than the products it saves (benchmarks/conv_gram.py, 2 threads: 1024 channels, k 3,
-# 80 positions dense 0.64x the lags' time; 512 channels, k 3, 160 positions 1.33x; k 11 at 9601 positions 8.3x).
+# (in x in) blocks cost more than the products it saves (benchmarks/conv_gram.py, 2 threads, dense time / lags
+# time: 1024 channels, k 3, 80 positions 0.56; 512 channels, k 3, 160 positions 1.17; k 11 at 9601 positions 8.5;
+# docs/curvature.md).
 LAGGED_MIN_POSITIONS = 128
 
 
