@@ -31,7 +31,15 @@ import argparse
 from pathlib import Path
 
 from tts_bpeft.io import write_text
-from tts_bpeft.kokoro.comparison import FISHERS, SYSTEMS, TARGET_QUALITY, ComparisonSettings, compare_systems
+from tts_bpeft.kokoro.comparison import (
+    DEFAULT_SYSTEMS,
+    FISHERS,
+    PRIORS,
+    SYSTEMS,
+    TARGET_QUALITY,
+    ComparisonSettings,
+    compare_systems,
+)
 from tts_bpeft.quiet import silence_known_warnings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "forgetting_kokoro")
     p.add_argument("--fisher", nargs="+", choices=FISHERS, default=["empirical"])
-    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(DEFAULT_SYSTEMS))
     p.add_argument("--train", type=int, default=100)
     p.add_argument("--heldout", type=int, default=20)
     p.add_argument("--builtin", nargs="+", default=["jf_alpha", "jm_kumo"])
@@ -64,7 +72,8 @@ def fisher_table(results: dict[str, dict]) -> str:
     measures = list(TARGET_QUALITY)
     lines = ["| prior | " + " | ".join(f"built-in SIM at equal {m}, {f} Fisher" for m in measures for f in fishers)
              + " |", "|---|" + "---|" * (len(measures) * len(fishers))]
-    for system in ("ewc", "kfac", "kfac-damped"):
+    ran = {row["system"] for result in results.values() for row in result["analysis"]}
+    for system in [s for s, spec in PRIORS.items() if spec.curvature and s in ran]:
         cells = []
         for measure in measures:
             for fisher in fishers:

@@ -46,8 +46,14 @@ def test_runs_that_do_not_use_the_fisher_are_shared_between_fishers(tmp_path):
     free, empirical = ComparisonSettings(fisher="data-free"), ComparisonSettings(fisher="empirical")
     for system in (PLAIN, "l2sp", "replay"):
         assert run_folder(tmp_path, free, system, 1.0, 0) == run_folder(tmp_path, empirical, system, 1.0, 0)
-    for system in ("ewc", "kfac", "kfac-damped"):
+    for system in ("ewc", "kfac", "kfac-damped", "kfac-bf16"):
         assert run_folder(tmp_path, free, system, 1.0, 0) != run_folder(tmp_path, empirical, system, 1.0, 0)
+    damped_more = ComparisonSettings(damping=0.5)
+    for system in ("kfac", "kfac-bf16"):  # only the damped system's runs depend on the damping
+        assert run_folder(tmp_path, damped_more, system, 1.0, 0) == run_folder(tmp_path, empirical, system, 1.0, 0)
+    assert run_folder(tmp_path, damped_more, "kfac-damped", 1.0, 0) != run_folder(tmp_path, empirical,
+                                                                                  "kfac-damped", 1.0, 0)
+    assert run_folder(tmp_path, free, "kfac", 1.0, 0) != run_folder(tmp_path, free, "kfac-bf16", 1.0, 0)
     assert run_folder(tmp_path, free, "kfac", 1.0, 0) != run_folder(tmp_path, free, "kfac", 1.0, 1)
     assert run_folder(tmp_path, free, "kfac", 1.0, 0) != run_folder(tmp_path, ComparisonSettings(steps=17), "kfac",
                                                                      1.0, 0)
@@ -105,7 +111,8 @@ def test_the_benchmark_tables_each_fisher_at_each_measure_of_target_quality():
     def analysis(ewc_objective, ewc_sim):
         stats = {"objective": {"mean": ewc_objective, "sd": 0.01, "n": 2},
                  "target SIM": {"mean": ewc_sim, "sd": 0.02, "n": 2}}
-        return {"analysis": [{"system": "ewc", "builtin_SIM_at_budget": stats}]}
+        return {"analysis": [{"system": "ewc", "builtin_SIM_at_budget": stats},
+                             {"system": "kfac-bf16", "builtin_SIM_at_budget": stats}]}
 
     table = fisher_table({"data-free": analysis(0.95, 0.94), "empirical": analysis(0.97, 0.93)})
     assert table.splitlines()[0] == (
@@ -113,4 +120,5 @@ def test_the_benchmark_tables_each_fisher_at_each_measure_of_target_quality():
         "Fisher | built-in SIM at equal target SIM, data-free Fisher | built-in SIM at equal target SIM, empirical "
         "Fisher |")
     assert "| ewc | 0.950 ± 0.010 | 0.970 ± 0.010 | 0.940 ± 0.020 | 0.930 ± 0.020 |" in table
-    assert "| kfac | - | - | - | - |" in table
+    assert "| kfac-bf16 | 0.950 ± 0.010 | 0.970 ± 0.010 | 0.940 ± 0.020 | 0.930 ± 0.020 |" in table
+    assert "| kfac |" not in table  # a row only for the priors that ran

@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.slow,
 
 SETTINGS = ComparisonSettings(train=2, heldout=1, builtin=("a",), builtin_sentences=1, replay_sentences=1,
                               curvature_sentences=1, initial_voice="b", r=2, alpha=4.0, steps=2, crop_frames=4,
-                              strengths=(1.0,), replay_fractions=(0.5,))
+                              strengths=(1.0,), replay_fractions=(0.5,), systems=SYSTEMS,
+                              fisher="data-free")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,12 @@ def test_every_system_runs_with_lam_from_the_plain_run(setup):
     assert set(plain["penalties_at_plain"]) == set(PRIORS) and min(plain["penalties_at_plain"].values()) > 0
     for system in PRIORS:
         assert runs[system]["lam"] == pytest.approx(plain["heldout_objective"] / plain["penalties_at_plain"][system])
-    assert sorted(materials.curvature) == ["ewc", "kfac"]
+    assert sorted(materials.curvature) == ["ewc", "kfac", "kfac-bf16"]
+    dense, compact = materials.curvature["kfac"], materials.curvature["kfac-bf16"]
+    assert compact.stat().st_size < 0.6 * dense.stat().st_size  # the eigenbasis in bf16, at most ~half the bytes
+    # the compact file charges plain LoRA's shift what the dense one does, to bf16 rounding
+    assert plain["penalties_at_plain"]["kfac-bf16"] == pytest.approx(plain["penalties_at_plain"]["kfac"], rel=2e-2)
+    assert plain["penalties_at_plain"]["kfac-bf16"] != plain["penalties_at_plain"]["kfac"]
     assert len(materials.replay) == 2 and not any(e.new_voice for e in materials.replay)
     for run in results["runs"]:
         assert 0.0 < run["builtin_SIM"] <= 1.0 + 1e-6

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tts_bpeft.kokoro.comparison import SYSTEMS
+from tts_bpeft.kokoro.comparison import DEFAULT_SYSTEMS as SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["comparison.train=2", "comparison.heldout=1", "comparison.builtin_sentences=1",

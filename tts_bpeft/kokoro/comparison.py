@@ -13,7 +13,8 @@ Stages, each cached under the output folder (a rerun reuses every finished piece
    initial voice) and self-replay examples (the original model's own outputs, cached as safetensors);
 3. curvature of the LoRA targets: the empirical Fisher of the fine-tuning objective on proxy recordings of
    other voices (flite; the default, measured better) or, with ``fisher="data-free"``, the Monte-Carlo Fisher
-   of the model's own outputs (`tts_bpeft.kokoro.curvature`, every built-in voice); KFAC and EWC files;
+   of the model's own outputs (`tts_bpeft.kokoro.curvature`, every built-in voice); KFAC and EWC files, and
+   for the opt-in system ``kfac-bf16`` the KFAC file's compact form (eigenbasis in bfloat16);
 4. runs: plain LoRA, then each prior at every ``strengths`` value and self-replay at every
    ``replay_fractions`` value, for each seed. A prior's lam is set from plain LoRA: strength s gives
    ``lam = s * L / q``, where ``L`` is plain LoRA's held-out target objective and ``q`` the prior's
@@ -49,6 +50,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
+from tts_bpeft.curvature import Curvature
 from tts_bpeft.eval.asr import AsrBackend
 from tts_bpeft.eval.forgetting import ORIGINAL, ForgettingPlan, Line, measure_forgetting
 from tts_bpeft.eval.speaker import SpeakerEncoder
@@ -63,7 +65,7 @@ from tts_bpeft.kokoro.presets import add_preset_lora
 from tts_bpeft.kokoro.targets import Targets
 from tts_bpeft.kokoro.voice_loss import VoiceObjective
 from tts_bpeft.lora import deepcopy_model
-from tts_bpeft.prior import load_prior
+from tts_bpeft.prior import LaplacePrior, load_prior
 from tts_bpeft.runs import settings_hash
 from tts_bpeft.selection import front_value
 from tts_bpeft.speech_data.recordings import read_recordings
@@ -73,9 +75,28 @@ from tts_bpeft.speech_data.synthesizers import available_voices, piper_voice
 from tts_bpeft.speech_data.synthetic import make_recordings
 
 PLAIN, REPLAY = "lora", "replay"
-PRIORS = {"l2sp": ("l2sp", False), "ewc": ("ewc", False), "kfac": ("kfac", False), "kfac-damped": ("kfac", True)}
-"""Prior systems: name -> (prior kind, damped)."""
-SYSTEMS = (PLAIN, *PRIORS, REPLAY)
+
+
+@dataclass(frozen=True)
+class PriorSystem:
+    """A prior system: the prior's `kind`, whether it is `damped` (by the settings' KFAC ``damping``), and the
+    curvature file it reads (`curvature`, a key of `Materials.curvature`: ``"ewc"``, ``"kfac"``, or
+    ``"kfac-bf16"``, the KFAC estimate stored as its eigenbasis with every eigenpair in bfloat16: the compact
+    file of docs/curvature.md, here to measure what its rounding does to the comparison's result)."""
+
+    kind: str
+    damped: bool = False
+    curvature: str | None = None
+
+
+COMPACT_KFAC = "kfac-bf16"
+PRIORS = {"l2sp": PriorSystem("l2sp"), "ewc": PriorSystem("ewc", curvature="ewc"),
+          "kfac": PriorSystem("kfac", curvature="kfac"), "kfac-damped": PriorSystem("kfac", True, "kfac"),
+          COMPACT_KFAC: PriorSystem("kfac", curvature=COMPACT_KFAC)}
+"""Prior systems by name."""
+DEFAULT_SYSTEMS = (PLAIN, "l2sp", "ewc", "kfac", "kfac-damped", REPLAY)
+SYSTEMS = (*DEFAULT_SYSTEMS[:-1], COMPACT_KFAC, REPLAY)
+"""Every system; the compact file's KFAC (`COMPACT_KFAC`) is opt-in (``systems``), the rest run by default."""
 NEW_VOICE = "new"
 FISHERS = ("data-free", "empirical")
 SENTENCE_RANGES = {"target": (0, 200), "builtin": (200, 250), "replay": (250, 320), "curvature": (320, 360),
@@ -110,7 +131,7 @@ class ComparisonSettings:
     lr: float = 2e-3
     style_lr: float = 2e-2
     crop_frames: int = 16
-    systems: tuple[str, ...] = SYSTEMS
+    systems: tuple[str, ...] = DEFAULT_SYSTEMS
     strengths: tuple[float, ...] = (0.1, 1.0, 10.0)
     replay_fractions: tuple[float, ...] = (0.25, 0.5)
     damping: float = 0.1
@@ -151,7 +172,8 @@ def lines(kind: str, count: int) -> tuple[Line, ...]:
 @dataclass
 class Materials:
     """What every run shares: the base model (no adapter), voicepacks by name (files in ``packs``), the
-    target's training and held-out examples, self-replay examples, curvature files by method, the plan."""
+    target's training and held-out examples, self-replay examples, curvature files by `PriorSystem.curvature` key, the
+    plan."""
 
     base: nn.Module
     packs: dict[str, Path]
@@ -249,9 +271,21 @@ def prepare(settings: ComparisonSettings, out_dir: str | Path, base: nn.Module, 
         records = [Utterance("", voice, line.text) for voice in sorted(voicepacks)
                    for line in lines("replay", settings.replay_sentences)]
         replay = cached_replay(base, voicepacks, records, out_dir / "replay.safetensors", progress)
-    methods = sorted({PRIORS[s][0] for s in settings.systems if s in PRIORS} - {"l2sp"})
+    files = {PRIORS[s].curvature for s in settings.systems if s in PRIORS} - {None}
+    methods = sorted({"kfac" if f == COMPACT_KFAC else f for f in files})
     curvature = {m: _curvature(settings, out_dir, base, voicepacks, m, proxies, progress) for m in methods}
+    if COMPACT_KFAC in files:
+        curvature[COMPACT_KFAC] = compact_curvature(curvature["kfac"])
     return Materials(base, packs, train, heldout, replay, curvature, plan)
+
+
+def compact_curvature(path: Path) -> Path:
+    """The compact form of the KFAC file at `path` (``<name>-bf16.safetensors`` beside it, written once): its
+    eigenbasis with every eigenpair (`Curvature.compress`, ``energy=1.0``) stored in bfloat16."""
+    compact = path.with_name(f"{path.stem}-bf16{path.suffix}")
+    if not compact.is_file():
+        Curvature.load(path).compress(energy=1.0).save(compact, dtype=torch.bfloat16)
+    return compact
 
 
 def _curvature(settings: ComparisonSettings, out_dir: Path, base: nn.Module, voicepacks: Mapping[str, torch.Tensor],
@@ -288,9 +322,9 @@ def run_folder(out_dir: str | Path, settings: ComparisonSettings, system: str, s
     """``<out_dir>/runs/<system>-<strength>-seed<seed>-<hash of everything else it depends on>`` (the Fisher and
     the damping only for the systems that use them, so plain LoRA, L2-SP and replay runs are shared)."""
     identity = settings.training_identity()
-    if system not in PRIORS or system == "l2sp":
+    if system not in PRIORS or PRIORS[system].curvature is None:
         identity.pop("fisher"), identity.pop("curvature_sentences"), identity.pop("proxy_sentences")
-    if system != "kfac-damped":
+    if system not in PRIORS or not PRIORS[system].damped:
         identity.pop("damping")
     key = settings_hash({**identity, "system": system, "strength": strength, "seed": seed})
     return Path(out_dir) / "runs" / f"{system}-{strength:g}-seed{seed}-{key}"
@@ -300,6 +334,13 @@ def _synthesizer(model: nn.Module, packs: Mapping[str, Path], extra: Mapping[str
     voices = {name: str(path) for name, path in {**packs, **(extra or {})}.items()}
     tts = TTSModel(family="kokoro", net=model, settings={"source": "offline", "voicepacks": voices})
     return lambda: KokoroFamily().synthesizer(tts)
+
+
+def _prior(settings: ComparisonSettings, materials: Materials, model: nn.Module, system: str,
+           lam: float) -> LaplacePrior:
+    spec = PRIORS[system]
+    return load_prior(model, spec.kind, lam, curvature=materials.curvature.get(spec.curvature),
+                      damping=settings.damping if spec.damped else 0.0)
 
 
 def run_one(settings: ComparisonSettings, materials: Materials, out_dir: str | Path, system: str, strength: float,
@@ -313,9 +354,7 @@ def run_one(settings: ComparisonSettings, materials: Materials, out_dir: str | P
     model = adapted(materials.base, settings, seed)
     prior, replay = None, None
     if system in PRIORS:
-        kind, damped = PRIORS[system]
-        prior = load_prior(model, kind, lam, curvature=materials.curvature.get(kind),
-                           damping=settings.damping if damped else 0.0)
+        prior = _prior(settings, materials, model, system, lam)
     if system == REPLAY:
         replay = Replay(materials.replay, strength)
     training = VoiceTraining(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
@@ -328,11 +367,9 @@ def run_one(settings: ComparisonSettings, materials: Materials, out_dir: str | P
     heldout = mean_objective(model, materials.heldout, objective, seed=0, shifted=result.voice)
     penalties = {}
     if system == PLAIN:  # each prior's penalty (lam = 1) at plain LoRA's shift: what the strengths scale
-        for name, (kind, damped) in PRIORS.items():
+        for name in PRIORS:
             if name in settings.systems:
-                unit = load_prior(model, kind, 1.0, curvature=materials.curvature.get(kind),
-                                  damping=settings.damping if damped else 0.0)
-                penalties[name] = float(unit.penalty(model).detach())
+                penalties[name] = float(_prior(settings, materials, model, name, 1.0).penalty(model).detach())
     original = _synthesizer(materials.base, materials.packs)
     speech = measure_forgetting(materials.plan, folder.name, _synthesizer(model, materials.packs,
                                                                           {NEW_VOICE: result.voicepack}),
