@@ -7,6 +7,9 @@ full-size StyleTTS 2 (official LibriTTS config) and Kokoro-82M (`fullscale_model
 
 Sizes are exact tensor bytes from the factor shapes (KFAC ``4 (in^2 + out^2)`` per weight matrix, EWC
 ``4 out in``, EKFAC both; fp32, half that in bf16), plus the safetensors/JSON header (< 0.1 %, not counted).
+In the file a ConvTranspose1d's block-diagonal ``A`` (and its eigenbasis) is stored by blocks
+(`tts_bpeft.curvature.blocks.BlockColumns`): ``in x width`` values plus int64 indices, ``width`` its widest
+block (`input_blocks`); the "dense" columns are the factors as held in memory.
 
 Memory: each measurement runs in its own subprocess. Phases are measured by the process's peak resident set
 (VmHWM, reset between phases through ``/proc/self/clear_refs``), so each phase's peak is its own: ``setup``
@@ -34,8 +37,10 @@ from fullscale_models import MODELS, PRESETS, build  # noqa: E402
 
 from tts_bpeft import LaplacePrior, estimate_curvature  # noqa: E402
 from tts_bpeft.curvature import Curvature  # noqa: E402
+from tts_bpeft.curvature.blocks import support_blocks  # noqa: E402
 from tts_bpeft.curvature.storage import LayerCurvature  # noqa: E402
-from tts_bpeft.lora.targets import lora_targets  # noqa: E402
+from tts_bpeft.layers import conv_transpose1d_phase_taps  # noqa: E402
+from tts_bpeft.lora.targets import LoraTarget, lora_targets  # noqa: E402
 
 METHODS = ("kfac", "ewc", "ekfac")
 
@@ -46,6 +51,44 @@ def factor_bytes(shape: tuple[int, int], method: str, itemsize: int = 4) -> int:
     n_out, n_in = shape
     kfac, diag = n_in * n_in + n_out * n_out, n_out * n_in
     return itemsize * {"kfac": kfac, "ewc": diag, "ekfac": kfac + diag}[method]
+
+
+def input_blocks(target: LoraTarget) -> tuple[int, int]:
+    """(count, width) of the diagonal blocks of a target's KFAC input factor ``A`` (up to a permutation): a
+    ConvTranspose1d's taps that share an output phase (`conv_transpose1d_phase_taps`), each set times the input
+    channels; any other layer one block of ``in_flat``."""
+    n_in = target.weight().shape[1]
+    if target.kind != "conv_transpose1d":
+        return 1, n_in
+    conv = target.base_layer
+    phases = conv_transpose1d_phase_taps(conv)
+    taps = torch.zeros(conv.kernel_size[0], len(phases))  # tap x phase incidence: its row sets are the blocks
+    for p, members in enumerate(phases.values()):
+        taps[members, p] = 1.0
+    parts, _ = support_blocks(taps)
+    channels = n_in // conv.kernel_size[0]
+    return len(parts), channels * max(p.numel() for p in parts)
+
+
+def square_file_bytes(n: int, blocks: tuple[int, int], itemsize: int) -> int:
+    """Bytes of an n x n factor or eigenbasis with diagonal `blocks` (count, width) in a curvature file: dense, or
+    by blocks where `BlockColumns.of` finds that smaller (values n x width, index count x width and block n,
+    int64)."""
+    count, width = blocks
+    if count > 1 and (n + 2 * count) * width < n * n:
+        return itemsize * n * width + 8 * (count * width + n)
+    return itemsize * n * n
+
+
+def file_bytes(target: LoraTarget, method: str, itemsize: int = 4) -> int:
+    """Bytes of one target's factors in a curvature file (`factor_bytes`, with ``A`` and EKFAC's ``A_basis`` by
+    blocks: `square_file_bytes`); KFAC in `itemsize` < 4 is the eigenbasis with every eigenpair (vectors of
+    the same pattern, and the eigenvalues)."""
+    n_out, n_in = target.weight().shape
+    square = square_file_bytes(n_in, input_blocks(target), itemsize) + square_file_bytes(n_out, (1, n_out), itemsize)
+    diag = itemsize * n_out * n_in
+    eigenvalues = itemsize * (n_in + n_out) if method == "kfac" and itemsize < 4 else 0
+    return {"kfac": square + eigenvalues, "ewc": diag, "ekfac": square + diag}[method]
 
 
 def _peak_mib() -> float:
@@ -68,13 +111,16 @@ def sizes(models: list[str]) -> list[dict]:
     for name in models:
         for preset in PRESETS:
             setup = build(name, preset, utterances=1)
-            shapes = [tuple(t.weight().shape) for t in lora_targets(setup.model.net).values()]
-            row = {"model": name, "preset": preset, "matrices": len(shapes)}
+            targets = list(lora_targets(setup.model.net).values())
+            row = {"model": name, "preset": preset, "matrices": len(targets)}
             for method in METHODS:
-                total = sum(factor_bytes(s, method) for s in shapes)
-                row[f"{method}_mb"], row[f"{method}_bf16_mb"] = round(total / 1e6, 1), round(total / 2e6, 1)
-            largest = max(shapes, key=lambda s: factor_bytes(s, "kfac"))
-            row["largest_kfac_matrix"] = f"{largest[0]} x {largest[1]}: {factor_bytes(largest, 'kfac') / 1e6:.0f} MB"
+                dense = sum(factor_bytes(tuple(t.weight().shape), method) for t in targets)
+                row[f"{method}_dense_mb"] = round(dense / 1e6, 1)
+                for dtype, itemsize in (("", 4), ("_bf16", 2)):
+                    row[f"{method}{dtype}_mb"] = round(sum(file_bytes(t, method, itemsize) for t in targets) / 1e6, 1)
+            largest = max(targets, key=lambda t: file_bytes(t, "kfac"))
+            row["largest_kfac_matrix"] = (f"{' x '.join(map(str, largest.weight().shape))}: "
+                                          f"{file_bytes(largest, 'kfac') / 1e6:.0f} MB")
             rows.append(row)
             print(json.dumps(row), flush=True)
             del setup
@@ -164,11 +210,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.what == "sizes":
         rows = sizes(args.models)
-        print(f"\n{'model':<10} {'preset':<7} {'matrices':>8} {'KFAC MB':>8} {'EWC MB':>7} {'EKFAC MB':>9} "
-              f"{'KFAC bf16':>9}  largest KFAC matrix")
+        print(f"\n{'model':<10} {'preset':<7} {'matrices':>8} {'KFAC MB':>8} {'(dense)':>8} {'EWC MB':>7} "
+              f"{'EKFAC MB':>9} {'(dense)':>8} {'KFAC bf16':>9}  largest KFAC matrix (file)")
         for r in rows:
-            print(f"{r['model']:<10} {r['preset']:<7} {r['matrices']:>8} {r['kfac_mb']:>8} {r['ewc_mb']:>7} "
-                  f"{r['ekfac_mb']:>9} {r['kfac_bf16_mb']:>9}  {r['largest_kfac_matrix']}")
+            print(f"{r['model']:<10} {r['preset']:<7} {r['matrices']:>8} {r['kfac_mb']:>8} {r['kfac_dense_mb']:>8} "
+                  f"{r['ewc_mb']:>7} {r['ekfac_mb']:>9} {r['ekfac_dense_mb']:>8} {r['kfac_bf16_mb']:>9}  "
+                  f"{r['largest_kfac_matrix']}")
         return
     if args.one:
         print(json.dumps(memory(args.model, args.preset, args.methods[0], args.module, args.max_frames, args.save)))

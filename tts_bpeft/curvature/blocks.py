@@ -23,31 +23,43 @@ from torch import Tensor
 _ROWS_PER_CHUNK = 1024  # rows of the zero pattern compared at once (bounds the label propagation's memory)
 
 
-def diagonal_blocks(M: Tensor) -> list[Tensor]:
-    """The index sets (ascending, int64, on M's device) of the diagonal blocks of a symmetric `M` (n x n): the
-    connected components of its non-zero pattern, ordered by their first index. One block when `M` has no
-    zero off-diagonal entry; a row and column that are zero (a dead input unit) make a block of one."""
-    n = M.shape[0]
+def support_blocks(X: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The finest partition of the rows of `X` (n x k) that no column's non-zeros cross: the connected components
+    of the graph of rows and columns with an edge ``(i, j)`` wherever ``X[i, j] != 0``. Returns the row index
+    sets (ascending, int64, on X's device, ordered by their first row; a zero row is a set of one) and, per
+    column, the set it lies in ((k,), int64; 0 for a zero column)."""
+    n, k = X.shape
+    device = X.device
     if n == 0:
-        return []
-    linked = M != 0
+        return [], torch.zeros(k, dtype=torch.long, device=device)
+    linked = X != 0
     if bool(linked.all()):
-        return [torch.arange(n, device=M.device)]
-    # label propagation: every index takes the smallest label among its neighbours, then its label's label
-    # (pointer jumping, so a chain converges in O(log n) rounds); a fixed point is constant on components
-    labels = torch.arange(n, device=M.device)
+        return [torch.arange(n, device=device)], torch.zeros(k, dtype=torch.long, device=device)
+    # label propagation: a column takes the smallest label of its rows, a row the smallest label of its columns,
+    # then its label's label (pointer jumping, so a chain converges in O(log n) rounds); a fixed point is
+    # constant on components. Rows in chunks bound the memory to _ROWS_PER_CHUNK x k.
+    chunks = torch.arange(n, device=device).split(_ROWS_PER_CHUNK)
+    labels = torch.arange(n, device=device)
     while True:
-        smallest = torch.cat([torch.where(linked[rows], labels, n).amin(1)
-                              for rows in torch.arange(n, device=M.device).split(_ROWS_PER_CHUNK)])
+        column = torch.stack([torch.where(linked[rows], labels[rows, None], n).amin(0) for rows in chunks]).amin(0)
+        smallest = torch.cat([torch.where(linked[rows], column, n).amin(1) for rows in chunks])
         new = torch.minimum(smallest, labels)
         new = new[new]
         if torch.equal(new, labels):
             break
         labels = new
-    _, component = torch.unique(labels, return_inverse=True)
+    roots, component = torch.unique(labels, return_inverse=True)
     order = torch.argsort(component, stable=True)
     sizes = torch.bincount(component).tolist()
-    return list(order.split(sizes))
+    column_part = torch.searchsorted(roots, column.clamp(max=int(roots[-1])))  # a zero column's label n -> last
+    return list(order.split(sizes)), torch.where(column < n, column_part, 0)
+
+
+def diagonal_blocks(M: Tensor) -> list[Tensor]:
+    """The index sets of the diagonal blocks of a symmetric `M` (n x n): `support_blocks` of its rows (one
+    block when `M` has no zero off-diagonal entry; a zero row and column, a dead input unit, make a block of
+    one)."""
+    return support_blocks(M)[0]
 
 
 class PermutedBlocks(NamedTuple):
@@ -70,6 +82,49 @@ class PermutedBlocks(NamedTuple):
     def gather(self, X: Tensor) -> Tensor:
         """The rows of `X` (n x r) block by block, (n_blocks, size, r); padding rows are zero."""
         return torch.cat([X, X.new_zeros(1, X.shape[1])])[self.index]
+
+
+class BlockColumns(NamedTuple):
+    """A matrix ``X`` (n x k) whose every column is non-zero within one row set of a partition (`support_blocks`)
+    by those entries only: ``values`` (k, size), ``index`` (n_blocks, size) into rows ``0..n`` (``n``: padding,
+    as in `PermutedBlocks`) and ``block`` (k,), the set of each column, so ``X[index[block[j]], j] =
+    values[j]``. A block-diagonal ``M`` (k = n) and its eigenvectors (`block_eigh`) shrink to ``size / n`` of
+    their entries: the 10240-wide ``A`` of a first upsampler to a tenth. The storage's file encoding."""
+
+    values: Tensor
+    index: Tensor
+    block: Tensor
+
+    @staticmethod
+    def of(X: Tensor) -> BlockColumns | None:
+        """`X` by its column supports, or None where that would not be smaller (one row set, or large padding)."""
+        parts, block = support_blocks(X)
+        n, k = X.shape
+        size = max((p.numel() for p in parts), default=0)
+        if len(parts) <= 1 or (k + 2 * len(parts)) * size >= n * k:  # int64 index: two values' bytes each
+            return None
+        index = torch.full((len(parts), size), n, dtype=torch.long, device=X.device)
+        for b, part in enumerate(parts):
+            index[b, :part.numel()] = part
+        padded = torch.cat([X, X.new_zeros(1, k)])
+        return BlockColumns(padded[index[block], torch.arange(k, device=X.device)[:, None]], index, block)
+
+    def dense(self, rows: int) -> Tensor:
+        """``X`` (rows x k), after checking the parts fit together (a ValueError says what does not)."""
+        values, index, block = self.values, self.index, self.block
+        if index.dtype.is_floating_point or block.dtype.is_floating_point or not values.dtype.is_floating_point:
+            raise ValueError(f"block encoding of dtypes {values.dtype}, {index.dtype}, {block.dtype}: values must "
+                             "be floating, index and block integer")
+        if values.dim() != 2 or index.dim() != 2 or block.shape != values.shape[:1] or \
+                index.shape[1] != values.shape[1]:
+            raise ValueError(f"block encoding of inconsistent shapes: values {tuple(values.shape)}, index "
+                             f"{tuple(index.shape)}, block {tuple(block.shape)}")
+        if index.numel() and not (0 <= int(index.min()) and int(index.max()) <= rows) or \
+                block.numel() and not (0 <= int(block.min()) and int(block.max()) < index.shape[0]):
+            raise ValueError(f"block encoding indexes outside its {rows} rows or {index.shape[0]} blocks")
+        X = values.new_zeros(rows + 1, values.shape[0])
+        X[index[block.long()].long(), torch.arange(values.shape[0], device=values.device)[:, None]] = values
+        return X[:rows]
 
 
 def block_eigh(M: Tensor) -> tuple[Tensor, Tensor]:
