@@ -171,11 +171,11 @@ def memory(model_name: str, preset: str, method: str, module: str | None, max_fr
                                    targets=targets, progress=False)
     out["estimate_seconds"] = round(time.perf_counter() - start, 1)
     out["estimate_peak_mib"] = _peak_mib()
-    out["file_mb"] = round(sum(v.numel() * v.element_size() for layer in curvature.layers.values()
-                               for term in layer.terms for v in term.values()) / 1e6, 1)
+    out["dense_mb"] = round(sum(v.numel() * v.element_size() for layer in curvature.layers.values()
+                                for term in layer.terms for v in term.values()) / 1e6, 1)
     out["sums_of_other_layers_mib"] = round(sum(factor_bytes(s, method) for s in others.values()) / 2**20, 1)
     if save is not None:
-        curvature.save(save)
+        out["file_mb"] = round(curvature.save(save).stat().st_size / 1e6, 1)
     del curvature
     placeholder = placeholder_curvature({n: tuple(t.weight().shape) for n, t in lora_targets(net).items()}, method)
     prior = LaplacePrior(placeholder, lam=1.0, scaling="package")

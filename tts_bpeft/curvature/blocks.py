@@ -32,22 +32,23 @@ def support_blocks(X: Tensor) -> tuple[list[Tensor], Tensor]:
     device = X.device
     if n == 0:
         return [], torch.zeros(k, dtype=torch.long, device=device)
-    linked = X != 0
-    if bool(linked.all()):
+    # rows in chunks bound the memory to _ROWS_PER_CHUNK x k (the 10240-wide factor: 90 MB, not a copy of it)
+    chunks = torch.arange(n, device=device).split(_ROWS_PER_CHUNK)
+    if all(bool((X[rows] != 0).all()) for rows in chunks):
         return [torch.arange(n, device=device)], torch.zeros(k, dtype=torch.long, device=device)
     # label propagation: a column takes the smallest label of its rows, a row the smallest label of its columns,
     # then its label's label (pointer jumping, so a chain converges in O(log n) rounds); a fixed point is
-    # constant on components. Rows in chunks bound the memory to _ROWS_PER_CHUNK x k.
-    chunks = torch.arange(n, device=device).split(_ROWS_PER_CHUNK)
-    labels = torch.arange(n, device=device)
+    # constant on components. int32 labels: the masked minima run twice as fast as in int64.
+    labels = torch.arange(n, device=device, dtype=torch.int32)
     while True:
-        column = torch.stack([torch.where(linked[rows], labels[rows, None], n).amin(0) for rows in chunks]).amin(0)
-        smallest = torch.cat([torch.where(linked[rows], column, n).amin(1) for rows in chunks])
+        column = torch.stack([torch.where(X[rows] != 0, labels[rows, None], n).amin(0) for rows in chunks]).amin(0)
+        smallest = torch.cat([torch.where(X[rows] != 0, column, n).amin(1) for rows in chunks])
         new = torch.minimum(smallest, labels)
         new = new[new]
         if torch.equal(new, labels):
             break
         labels = new
+    labels, column = labels.long(), column.long()
     roots, component = torch.unique(labels, return_inverse=True)
     order = torch.argsort(component, stable=True)
     sizes = torch.bincount(component).tolist()
@@ -76,8 +77,10 @@ class PermutedBlocks(NamedTuple):
         index = torch.full((len(parts), size), n, dtype=torch.long, device=M.device)
         for b, part in enumerate(parts):
             index[b, :part.numel()] = part
-        padded = torch.nn.functional.pad(M, (0, 1, 0, 1))  # row and column n: zeros
-        return PermutedBlocks(padded[index[:, :, None], index[:, None, :]], index)
+        inside = index < n  # padding reads row and column n - 1, then is zeroed (no padded copy of M)
+        rows = index.clamp(max=n - 1)
+        blocks = torch.where(inside[:, :, None] & inside[:, None, :], M[rows[:, :, None], rows[:, None, :]], 0.0)
+        return PermutedBlocks(blocks, index)
 
     def gather(self, X: Tensor) -> Tensor:
         """The rows of `X` (n x r) block by block, (n_blocks, size, r); padding rows are zero."""
@@ -106,8 +109,10 @@ class BlockColumns(NamedTuple):
         index = torch.full((len(parts), size), n, dtype=torch.long, device=X.device)
         for b, part in enumerate(parts):
             index[b, :part.numel()] = part
-        padded = torch.cat([X, X.new_zeros(1, k)])
-        return BlockColumns(padded[index[block], torch.arange(k, device=X.device)[:, None]], index, block)
+        rows = index[block]  # (k, size); padding (n) reads row n - 1, then is zeroed (no padded copy of X)
+        inside = rows < n
+        values = torch.where(inside, X.T.gather(1, rows.clamp_(max=n - 1)), 0.0)  # values[j, s] = X[rows[j, s], j]
+        return BlockColumns(values, index, block)
 
     def dense(self, rows: int) -> Tensor:
         """``X`` (rows x k), after checking the parts fit together (a ValueError says what does not)."""
