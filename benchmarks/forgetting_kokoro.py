@@ -20,6 +20,9 @@ The demo's sizes with three seeds and both Fishers ran in 52 minutes (docs/kokor
         --seeds 0 1 2 --fisher data-free empirical
 
     python benchmarks/forgetting_kokoro.py                                   # full, empirical Fisher
+    python benchmarks/forgetting_kokoro.py --train 16 --heldout 3 --builtin-sentences 2 --replay-sentences 2 \\
+        --curvature-sentences 1 --proxy-sentences 2 --steps 12 --crop-frames 16 --strengths 0.1 1 10 \\
+        --seeds 0 1 2 --systems lora kfac kfac-bf16    # the compact (bf16 eigenbasis) file against the dense one
     python benchmarks/forgetting_kokoro.py --fisher data-free empirical      # both Fishers
     python benchmarks/forgetting_kokoro.py --train 8 --heldout 2 --builtin-sentences 2 --steps 4 \\
         --strengths 1 --replay-fractions 0.5 --seeds 0 --out /tmp/fk       # reduced, end to end
