@@ -165,6 +165,16 @@ def test_a_flipped_header_byte_names_the_file(kfac_file, tmp_path):
         Curvature.load(path)
 
 
+def test_format_2_files_are_still_read_and_unknown_formats_refused(setup, kfac_file, tmp_path):
+    tensors, head = kfac_file  # this estimate has no block-diagonal factor: its tensors are format 2's too
+    assert head["format"] == 3 and all(key.count("::") == 2 for key in tensors)
+    head["format"] = 2
+    loaded = Curvature.load(write(tmp_path / "format2.safetensors", tensors, head, resign=True), setup[0])
+    assert torch.equal(loaded.term("enc")["A"], setup[1].term("enc")["A"])
+    head["format"] = 1
+    refused(tmp_path, tensors, head, rf"curvature file format 1, this package reads formats \(2, 3\).*{FIX}")
+
+
 def test_a_missing_header_key_is_named(kfac_file, tmp_path):
     tensors, head = kfac_file
     mc_samples = head.pop("mc_samples")
