@@ -172,8 +172,8 @@ def lines(kind: str, count: int) -> tuple[Line, ...]:
 @dataclass
 class Materials:
     """What every run shares: the base model (no adapter), voicepacks by name (files in ``packs``), the
-    target's training and held-out examples, self-replay examples, curvature files by `PriorSystem.curvature` key, the
-    plan."""
+    target's training and held-out examples, self-replay examples, curvature files by their
+    `PriorSystem.curvature` key, the plan."""
 
     base: nn.Module
     packs: dict[str, Path]
