@@ -37,7 +37,7 @@ from fullscale_models import MODELS, PRESETS, build  # noqa: E402
 
 from tts_bpeft import LaplacePrior, estimate_curvature  # noqa: E402
 from tts_bpeft.curvature import Curvature  # noqa: E402
-from tts_bpeft.curvature.blocks import support_blocks  # noqa: E402
+from tts_bpeft.curvature.blocks import block_encoding_pays, support_blocks  # noqa: E402
 from tts_bpeft.curvature.storage import LayerCurvature  # noqa: E402
 from tts_bpeft.layers import conv_transpose1d_phase_taps  # noqa: E402
 from tts_bpeft.lora.targets import LoraTarget, lora_targets  # noqa: E402
@@ -72,10 +72,10 @@ def input_blocks(target: LoraTarget) -> tuple[int, int]:
 
 def square_file_bytes(n: int, blocks: tuple[int, int], itemsize: int) -> int:
     """Bytes of an n x n factor or eigenbasis with diagonal `blocks` (count, width) in a curvature file: dense, or
-    by blocks where `BlockColumns.of` finds that smaller (values n x width, index count x width and block n,
-    int64)."""
+    by blocks where that is smaller (`block_encoding_pays`; values n x width, int64 index count x width and
+    block n)."""
     count, width = blocks
-    if count > 1 and (n + 2 * count) * width < n * n:
+    if block_encoding_pays(n, n, count, width):
         return itemsize * n * width + 8 * (count * width + n)
     return itemsize * n * n
 

@@ -175,6 +175,13 @@ def test_format_2_files_are_still_read_and_unknown_formats_refused(setup, kfac_f
     refused(tmp_path, tensors, head, rf"curvature file format 1, this package reads formats \(2, 3\).*{FIX}")
 
 
+def test_a_tensor_name_of_the_wrong_shape_is_named(kfac_file, tmp_path):
+    tensors, head = kfac_file
+    for name, odd in (("bad", "enc::0"), ("bad2", "enc::0::A::values::x")):  # too few and too many fields
+        edited = {**tensors, odd: torch.eye(2)}
+        refused(tmp_path, edited, head, rf": tensor {odd} belongs to no layer of the header", name=name)
+
+
 def test_a_missing_header_key_is_named(kfac_file, tmp_path):
     tensors, head = kfac_file
     mc_samples = head.pop("mc_samples")

@@ -63,6 +63,20 @@ def diagonal_blocks(M: Tensor) -> list[Tensor]:
     return support_blocks(M)[0]
 
 
+def _padded_index(parts: list[Tensor], n: int, device: torch.device) -> Tensor:
+    """The index sets `parts` as rows of one (n_blocks, size) tensor, padded with ``n`` to the largest."""
+    index = torch.full((len(parts), max(p.numel() for p in parts)), n, dtype=torch.long, device=device)
+    for b, part in enumerate(parts):
+        index[b, :part.numel()] = part
+    return index
+
+
+def block_encoding_pays(n: int, k: int, n_blocks: int, size: int) -> bool:
+    """Whether `BlockColumns` of an (n x k) matrix with `n_blocks` row sets, the largest of `size` rows, holds
+    fewer bytes than the matrix (values k x size, int64 index n_blocks x size: two values' bytes each)."""
+    return n_blocks > 1 and (k + 2 * n_blocks) * size < n * k
+
+
 class PermutedBlocks(NamedTuple):
     """A block-diagonal symmetric matrix by its blocks (the module docstring): ``blocks`` (n_blocks, size,
     size), ``index`` (n_blocks, size) into rows ``0..n`` (``n``: padding, a zero row)."""
@@ -73,10 +87,8 @@ class PermutedBlocks(NamedTuple):
     @staticmethod
     def of(M: Tensor, parts: list[Tensor]) -> PermutedBlocks:
         """`M` by the index sets `parts` (from `diagonal_blocks`), padded to the largest."""
-        n, size = M.shape[0], max(p.numel() for p in parts)
-        index = torch.full((len(parts), size), n, dtype=torch.long, device=M.device)
-        for b, part in enumerate(parts):
-            index[b, :part.numel()] = part
+        n = M.shape[0]
+        index = _padded_index(parts, n, M.device)
         inside = index < n  # padding reads row and column n - 1, then is zeroed (no padded copy of M)
         rows = index.clamp(max=n - 1)
         blocks = torch.where(inside[:, :, None] & inside[:, None, :], M[rows[:, :, None], rows[:, None, :]], 0.0)
@@ -103,12 +115,9 @@ class BlockColumns(NamedTuple):
         """`X` by its column supports, or None where that would not be smaller (one row set, or large padding)."""
         parts, block = support_blocks(X)
         n, k = X.shape
-        size = max((p.numel() for p in parts), default=0)
-        if len(parts) <= 1 or (k + 2 * len(parts)) * size >= n * k:  # int64 index: two values' bytes each
+        if not block_encoding_pays(n, k, len(parts), max((p.numel() for p in parts), default=0)):
             return None
-        index = torch.full((len(parts), size), n, dtype=torch.long, device=X.device)
-        for b, part in enumerate(parts):
-            index[b, :part.numel()] = part
+        index = _padded_index(parts, n, X.device)
         rows = index[block]  # (k, size); padding (n) reads row n - 1, then is zeroed (no padded copy of X)
         inside = rows < n
         values = torch.where(inside, X.T.gather(1, rows.clamp_(max=n - 1)), 0.0)  # values[j, s] = X[rows[j, s], j]

@@ -408,9 +408,11 @@ class Curvature:
                                  f"{REESTIMATE}")
         packed = {}
         for key, value in stored.items():
-            name, index, factor, *part = key.split("::")
-            if name not in layers or not index.isdigit() or int(index) >= len(layers[name].terms):
+            fields = key.split("::")  # layer, term, factor and, for a block encoding, its part
+            if len(fields) not in (3, 4) or fields[0] not in layers or not fields[1].isdigit() or \
+                    int(fields[1]) >= len(layers[fields[0]].terms):
                 raise ValueError(f"{path}: tensor {key} belongs to no layer of the header")
+            name, index, factor, *part = fields
             if part:
                 packed.setdefault((name, int(index), factor), {})[part[0]] = value
             else:

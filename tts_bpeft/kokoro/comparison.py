@@ -271,10 +271,10 @@ def prepare(settings: ComparisonSettings, out_dir: str | Path, base: nn.Module, 
         records = [Utterance("", voice, line.text) for voice in sorted(voicepacks)
                    for line in lines("replay", settings.replay_sentences)]
         replay = cached_replay(base, voicepacks, records, out_dir / "replay.safetensors", progress)
-    files = {PRIORS[s].curvature for s in settings.systems if s in PRIORS} - {None}
-    methods = sorted({"kfac" if f == COMPACT_KFAC else f for f in files})
+    uses = [PRIORS[s] for s in settings.systems if s in PRIORS and PRIORS[s].curvature]
+    methods = sorted({spec.kind for spec in uses})  # the estimates the files come from
     curvature = {m: _curvature(settings, out_dir, base, voicepacks, m, proxies, progress) for m in methods}
-    if COMPACT_KFAC in files:
+    if any(spec.curvature == COMPACT_KFAC for spec in uses):
         curvature[COMPACT_KFAC] = compact_curvature(curvature["kfac"])
     return Materials(base, packs, train, heldout, replay, curvature, plan)
 
